@@ -1,0 +1,135 @@
+"""Command line: parse flags (environment variables as defaults), then run the one app factory."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from aiohttp import web
+
+from . import __version__
+from .app import create_app
+from .config import Config
+from .settings import BY_NAME, DEFAULT_UPSTREAM
+
+log = logging.getLogger("silicon_pool")
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (1-65535)")
+    return int(text)
+
+
+def _upstream(text: str) -> str:
+    try:
+        return BY_NAME["upstream"].parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} {exc}") from None
+
+
+def _log_level(text: str) -> str:
+    if text.upper() not in LOG_LEVELS:
+        raise argparse.ArgumentTypeError(f"{text!r} is not one of {', '.join(LOG_LEVELS)}")
+    return text.upper()
+
+
+def _data_dir(text: str) -> Path:
+    path = Path(text).expanduser()
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r} exists and is not a directory")
+    return path
+
+
+def build_parser() -> argparse.ArgumentParser:
+    env = os.environ.get
+    parser = argparse.ArgumentParser(
+        prog="silicon-pool",
+        description="A local OpenAI-compatible proxy that pools SiliconFlow API keys, with a web admin. "
+        "Each flag falls back to the environment variable shown, then to its default.",
+    )
+    parser.add_argument(
+        "--host",
+        default=env("SILICON_POOL_HOST", "127.0.0.1"),
+        help="address to listen on; keep 127.0.0.1 unless other machines must reach it "
+        "[SILICON_POOL_HOST, default 127.0.0.1]",
+    )
+    parser.add_argument(
+        "--port",
+        type=_port,
+        default=env("SILICON_POOL_PORT", "7898"),
+        help="port to listen on [SILICON_POOL_PORT, default 7898]",
+    )
+    parser.add_argument(
+        "--data-dir",
+        type=_data_dir,
+        default=env("SILICON_POOL_DATA_DIR", "data"),
+        help="folder for pool.db and secret.key, created if missing [SILICON_POOL_DATA_DIR, default ./data]",
+    )
+    parser.add_argument(
+        "--upstream",
+        type=_upstream,
+        default=env("SILICON_POOL_UPSTREAM"),
+        help="upstream base URL including /v1; the proxy's /v1/X goes to <upstream>/X and balance checks to "
+        "<upstream>/user/info. Overrides (and updates) the stored setting "
+        f"[SILICON_POOL_UPSTREAM, default {DEFAULT_UPSTREAM}]",
+    )
+    parser.add_argument(
+        "--log-level",
+        type=_log_level,
+        default=env("SILICON_POOL_LOG_LEVEL", "INFO"),
+        help=f"one of {', '.join(LOG_LEVELS)} [SILICON_POOL_LOG_LEVEL, default INFO]",
+    )
+    parser.add_argument("--version", action="version", version=f"silicon-pool {__version__}")
+    return parser
+
+
+def parse_config(argv: Sequence[str] | None = None) -> Config:
+    """Flags to a Config; a bad value prints a clear message and exits with status 2."""
+    args = build_parser().parse_args(argv)
+    return Config(
+        host=args.host, port=args.port, data_dir=args.data_dir, upstream=args.upstream, log_level=args.log_level
+    )
+
+
+def _event_loop() -> asyncio.AbstractEventLoop:
+    """uvloop where it is installed (it is faster), the standard loop elsewhere."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    config = parse_config(argv)
+    logging.basicConfig(level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app = create_app(config)
+    shown = f"[{config.host}]" if ":" in config.host else config.host
+    if config.host in ("0.0.0.0", "::"):
+        shown = "127.0.0.1"
+
+    def announce(_banner: str) -> None:  # run_app calls this once the port is bound
+        log.info("silicon-pool %s is running: admin at http://%s:%d/", __version__, shown, config.port)
+        log.info("point OpenAI clients at base URL http://%s:%d/v1", shown, config.port)
+
+    try:
+        web.run_app(
+            app,
+            host=config.host,
+            port=config.port,
+            access_log=None,
+            handler_cancellation=True,
+            print=announce,
+            loop=_event_loop(),
+        )
+    except OSError as exc:
+        print(f"silicon-pool: cannot listen on {config.host}:{config.port}: {exc.strerror or exc}", file=sys.stderr)
+        raise SystemExit(1) from None

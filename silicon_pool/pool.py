@@ -1,0 +1,263 @@
+"""The key pool: every key in memory, and the strategy index that picks the next one.
+
+Keys fall in two tiers: PAID (balance > 0 or unknown) serves normal requests, FREE (balance
+<= 0) serves free models. A key that is disabled, invalid or cooling down sits in no index,
+so a pick never has to skip it. Every change to a stored field is reported through
+`on_change`, which hands the key to the background writer: the pool itself never does I/O.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from .redact import mask
+from .selection import STRATEGIES, Index, make_index
+
+PAID, FREE = 0, 1
+
+ACTIVE, INVALID, UNCHECKED = "active", "invalid", "unchecked"
+
+
+class Key:
+    """One API key and its live counters; stored fields are listed in `store.KEY_FIELDS`."""
+
+    __slots__ = (
+        "_pos",
+        "_score",
+        "account_id",
+        "added_at",
+        "auth",
+        "balance",
+        "cool_until",
+        "enabled",
+        "id",
+        "inflight",
+        "last_error",
+        "last_used_at",
+        "secret",
+        "state",
+        "tier",
+        "usage_count",
+    )
+
+    def __init__(
+        self,
+        id: int,  # noqa: A002 - the column's name
+        secret: str,
+        *,
+        added_at: float,
+        balance: float | None = None,
+        usage_count: int = 0,
+        enabled: bool = True,
+        state: str = ACTIVE,
+        last_used_at: float | None = None,
+        last_error: str | None = None,
+        account_id: str | None = None,
+    ) -> None:
+        self.id = id
+        self.secret = secret
+        self.auth = f"Bearer {secret}"
+        self.added_at = added_at
+        self.balance = balance
+        self.usage_count = usage_count
+        self.enabled = enabled
+        self.state = state
+        self.last_used_at = last_used_at
+        self.last_error = last_error
+        self.account_id = account_id
+        self.inflight = 0
+        self.cool_until = 0.0
+        self.tier: int | None = None
+        self._pos = 0
+        self._score = 0.0
+
+    @property
+    def masked(self) -> str:
+        return mask(self.secret)
+
+    def status(self, now: float | None = None) -> str:
+        """The one word the admin shows: disabled, invalid, cooling, zero, unchecked or active."""
+        if not self.enabled:
+            return "disabled"
+        if self.state == INVALID:
+            return "invalid"
+        if self.cool_until > (time.monotonic() if now is None else now):
+            return "cooling"
+        if self.balance is not None and self.balance <= 0:
+            return "zero"
+        return self.state
+
+    def __repr__(self) -> str:  # never the whole key
+        return f"Key(id={self.id}, {self.masked}, {self.status()})"
+
+
+@dataclass(frozen=True, slots=True)
+class Unavailable:
+    """Why no key could be picked, for the 503 the client gets."""
+
+    message: str
+    retry_after: int | None
+
+
+class KeyPool:
+    """Keys by id plus one index per tier for the active strategy."""
+
+    def __init__(self, strategy: str, on_change: Callable[[Key], None] = lambda _key: None) -> None:
+        self.keys: dict[int, Key] = {}
+        self.strategy = strategy
+        self._indexes: tuple[Index, Index] = (make_index(strategy), make_index(strategy))
+        self._cooling: list[tuple[float, int]] = []
+        self._on_change = on_change
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def tier_size(self, tier: int) -> int:
+        return len(self._indexes[tier])
+
+    # -- membership ---------------------------------------------------------------------------
+
+    def add(self, key: Key) -> None:
+        self.keys[key.id] = key
+        self._place(key)
+
+    def add_many(self, keys: Iterable[Key]) -> None:
+        for key in keys:
+            self.add(key)
+
+    def remove(self, key_id: int) -> Key | None:
+        key = self.keys.pop(key_id, None)
+        if key is not None and key.tier is not None:
+            self._indexes[key.tier].discard(key)
+            key.tier = None
+        return key
+
+    def set_strategy(self, strategy: str) -> None:
+        """Rebuild the indexes for `strategy`; the next pick uses it."""
+        if strategy not in STRATEGIES:
+            raise ValueError(f"unknown strategy {strategy!r}")
+        self.strategy = strategy
+        self._indexes = (make_index(strategy), make_index(strategy))
+        for key in self.keys.values():
+            key.tier = None
+            self._place(key)
+
+    def _place(self, key: Key) -> None:
+        """Put `key` in the index its state calls for (or in none)."""
+        if not key.enabled or key.state == INVALID or key.cool_until > time.monotonic():
+            tier = None
+        else:
+            tier = FREE if key.balance is not None and key.balance <= 0 else PAID
+        if tier == key.tier:
+            return
+        if key.tier is not None:
+            self._indexes[key.tier].discard(key)
+        key.tier = tier
+        if tier is not None:
+            self._indexes[tier].add(key)
+
+    # -- the request path ---------------------------------------------------------------------
+
+    def acquire(self, tiers: tuple[int, ...], exclude: tuple[int, ...] = ()) -> Key | None:
+        """Pick a key from the first tier that has one, skipping ids in `exclude`, and count its use."""
+        if self._cooling and self._cooling[0][0] <= time.monotonic():
+            self._revive()
+        for tier in tiers:
+            index = self._indexes[tier]
+            key = index.pick()
+            if key is not None and key.id in exclude:
+                key = self._pick_excluding(index, exclude)
+            if key is not None:
+                key.inflight += 1
+                key.usage_count += 1
+                key.last_used_at = time.time()
+                if index.tracks is not None:
+                    index.rescore(key)
+                self._on_change(key)
+                return key
+        return None
+
+    def release(self, key: Key) -> None:
+        """The request on `key` is over."""
+        key.inflight -= 1
+        if key.tier is not None and self._indexes[key.tier].tracks == "inflight":
+            self._indexes[key.tier].rescore(key)
+
+    @staticmethod
+    def _pick_excluding(index: Index, exclude: tuple[int, ...]) -> Key | None:
+        """Set the excluded keys aside while picking; only failover within one request gets here."""
+        held: list[Key] = []
+        try:
+            while (key := index.pick()) is not None and key.id in exclude:
+                index.discard(key)
+                held.append(key)
+            return key
+        finally:
+            for key in held:
+                index.add(key)
+
+    def _revive(self) -> None:
+        now = time.monotonic()
+        while self._cooling and self._cooling[0][0] <= now:
+            _, key_id = heapq.heappop(self._cooling)
+            key = self.keys.get(key_id)
+            if key is not None and key.cool_until <= now:
+                self._place(key)
+
+    # -- what upstream answers do to a key -----------------------------------------------------
+
+    def mark_invalid(self, key: Key, error: str) -> None:
+        """The upstream said 401: keep the key, never pick it again until a refresh revives it."""
+        key.state = INVALID
+        key.last_error = error
+        self._place(key)
+        self._on_change(key)
+
+    def set_balance(self, key: Key, balance: float | None, state: str = ACTIVE) -> None:
+        """A checked balance; may move the key between tiers or bring an invalid key back."""
+        key.balance = balance
+        key.state = state
+        self._place(key)
+        self._on_change(key)
+
+    def cool(self, key: Key, seconds: float, error: str) -> None:
+        """Rest `key` for `seconds`: rate limited, overloaded or unreachable."""
+        key.last_error = error
+        if seconds > 0:
+            key.cool_until = time.monotonic() + seconds
+            heapq.heappush(self._cooling, (key.cool_until, key.id))
+            self._place(key)
+        self._on_change(key)
+
+    def note_error(self, key: Key, error: str) -> None:
+        key.last_error = error
+        self._on_change(key)
+
+    def set_enabled(self, key: Key, enabled: bool) -> None:
+        key.enabled = enabled
+        self._place(key)
+        self._on_change(key)
+
+    # -- explaining an empty pick ---------------------------------------------------------------
+
+    def unavailable(self, tiers: tuple[int, ...]) -> Unavailable:
+        """Why `acquire(tiers)` found nothing (the earliest cooldown gives Retry-After)."""
+        if not self.keys:
+            return Unavailable("No API keys in the pool: import some in the admin (池中没有 Key，请先导入)", None)
+        self._revive()
+        if self._cooling:
+            wait = max(1, math.ceil(self._cooling[0][0] - time.monotonic()))
+            return Unavailable(
+                f"All usable keys are cooling down after upstream errors; retry in {wait}s (所有可用 Key 正在冷却)",
+                wait,
+            )
+        if tiers == (FREE,):
+            return Unavailable("No zero-balance key is available for the free token (没有可用的免费 Key)", None)
+        return Unavailable(
+            "No usable key: every key is disabled, invalid or out of balance (没有可用的 Key)",
+            None,
+        )

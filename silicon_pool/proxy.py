@@ -1,0 +1,360 @@
+"""The one forwarding path for every `/v1/*` request.
+
+check token → read body → pick key (memory) → forward → relay the answer → queue a log row.
+Nothing here touches the disk or holds a lock across an `await`. Until the first byte reaches
+the client a failed attempt can move on to another key; after it, a stream is ended with an
+SSE error event and `data: [DONE]`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import aiohttp
+import orjson
+from aiohttp import web
+from yarl import URL
+
+from .pool import FREE, PAID, UNCHECKED, Key, KeyPool
+from .settings import Settings
+from .store import CallRecord, Store
+from .upstream import DROP_FROM_CLIENT, DROP_FROM_UPSTREAM, Outcome, classify, describe, describe_exception
+from .usage import NO_USAGE, StreamUsage, Usage, image_usage, token_usage
+
+log = logging.getLogger(__name__)
+
+UPSTREAM_FAILURES = (aiohttp.ClientError, TimeoutError)
+CLIENT_GONE = (ConnectionResetError, asyncio.CancelledError)
+CORS = {
+    "Access-Control-Allow-Origin": "*",
+    "Access-Control-Allow-Methods": "GET, POST, PUT, PATCH, DELETE, OPTIONS",
+    "Access-Control-Max-Age": "86400",
+}
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """What differs between endpoints is data: whether the body must be JSON, how usage is read."""
+
+    json_body: bool
+    usage: Callable[[bytes | bytearray], Usage]
+
+
+ENDPOINTS = {
+    "chat/completions": Endpoint(True, token_usage),
+    "completions": Endpoint(True, token_usage),
+    "embeddings": Endpoint(True, token_usage),
+    "rerank": Endpoint(True, token_usage),
+    "images/generations": Endpoint(True, image_usage),
+}
+OTHER = Endpoint(False, token_usage)
+
+ONLY_PAID, ONLY_FREE, FREE_FIRST = (PAID,), (FREE,), (FREE, PAID)
+
+
+def openai_error(
+    status: int, message: str, type_: str, code: str, headers: dict[str, str] | None = None
+) -> web.Response:
+    """An error in OpenAI's shape, which every client SDK knows how to show."""
+    body = orjson.dumps({"error": {"message": message, "type": type_, "code": code}})
+    return web.Response(status=status, body=body, content_type="application/json", headers={**CORS, **(headers or {})})
+
+
+class _Call:
+    """One request's facts, gathered as it goes and logged once at the end."""
+
+    __slots__ = ("caller", "model", "path", "started", "stream", "tried")
+
+    def __init__(self, path: str, started: float) -> None:
+        self.path, self.started = path, started
+        self.caller = "none"
+        self.model: str | None = None
+        self.stream = False
+        self.tried: tuple[int, ...] = ()
+
+
+class RequestRejected(Exception):
+    """The proxy refuses the request itself, before any key is spent."""
+
+    def __init__(self, status: int, message: str, code: str) -> None:
+        super().__init__(message)
+        self.status, self.message, self.code = status, message, code
+
+
+class Proxy:
+    """Forwards requests with keys from `pool`; reads everything else from `settings`."""
+
+    def __init__(self, pool: KeyPool, settings: Settings, store: Store, session: aiohttp.ClientSession) -> None:
+        self.pool, self.settings, self.store, self.session = pool, settings, store, session
+        self._on_settings(set())
+        settings.subscribe(self._on_settings)
+
+    def _on_settings(self, _changed: set[str]) -> None:
+        """Precompute what every request needs from the settings."""
+        s = self.settings
+        self._api_token = s.api_token.encode()
+        self._free_token = s.free_token.encode()
+        self._base = s.upstream
+        self._body_limit = s.max_body_mb * 1024 * 1024
+        self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=s.connect_timeout, sock_read=s.read_timeout)
+
+    # -- entry point --------------------------------------------------------------------------
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        if request.method == "OPTIONS":
+            return self._preflight(request)
+        call = _Call(request.path[4:], time.monotonic())  # the path after "/v1/"
+        endpoint = ENDPOINTS.get(call.path, OTHER)
+        try:
+            caller = self._caller(request.headers.get("Authorization"))
+            if caller is None:
+                raise RequestRejected(401, "Invalid API token: send the proxy's api_token as Bearer", "invalid_api_key")
+            call.caller = caller
+            body = await self._read_body(request)
+            if body and (endpoint.json_body or request.content_type == "application/json"):
+                call.model, call.stream = self._inspect(body, strict=endpoint.json_body)
+            elif endpoint.json_body and request.method == "POST":
+                raise RequestRejected(400, "The request body must be a JSON object", "invalid_json")
+        except RequestRejected as exc:
+            self._log(call, exc.status, None, error=exc.message)
+            return openai_error(exc.status, exc.message, "invalid_request_error", exc.code)
+        if call.caller == "free":
+            tiers = ONLY_FREE
+        elif call.model is not None and call.model in self.settings.free_model_set:
+            tiers = FREE_FIRST
+        else:
+            tiers = ONLY_PAID
+        return await self._forward(request, call, endpoint, body, tiers)
+
+    def _caller(self, authorization: str | None) -> str | None:
+        """ "main", "free" or "none" (no api_token set); None when the token is wrong."""
+        token = b""
+        if authorization and authorization[:7].lower() == "bearer ":
+            token = authorization[7:].strip().encode("utf-8", "replace")
+        if self._free_token and hmac.compare_digest(token, self._free_token):
+            return "free"
+        if not self._api_token:
+            return "none"
+        return "main" if hmac.compare_digest(token, self._api_token) else None
+
+    async def _read_body(self, request: web.Request) -> bytes:
+        if not request.body_exists:
+            return b""
+        length = request.content_length
+        too_large = RequestRejected(413, f"Request body over {self.settings.max_body_mb} MB", "body_too_large")
+        if length is not None:
+            if length > self._body_limit:
+                raise too_large
+            return await request.read()
+        body = bytearray()
+        async for chunk in request.content.iter_any():
+            body += chunk
+            if len(body) > self._body_limit:
+                raise too_large
+        return bytes(body)
+
+    @staticmethod
+    def _inspect(body: bytes, *, strict: bool) -> tuple[str | None, bool]:
+        """The model and stream flag; on a JSON endpoint anything but a JSON object is refused."""
+        try:
+            payload = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            payload = None
+        if not isinstance(payload, dict):
+            if strict:
+                raise RequestRejected(400, "The request body must be a JSON object", "invalid_json")
+            return None, False
+        model = payload.get("model")
+        return (model if isinstance(model, str) else None), payload.get("stream") is True
+
+    @staticmethod
+    def _preflight(request: web.Request) -> web.Response:
+        headers = dict(CORS)
+        headers["Access-Control-Allow-Headers"] = request.headers.get("Access-Control-Request-Headers", "*")
+        return web.Response(status=204, headers=headers)
+
+    # -- forwarding with failover -------------------------------------------------------------
+
+    async def _forward(
+        self, request: web.Request, call: _Call, endpoint: Endpoint, body: bytes, tiers: tuple[int, ...]
+    ) -> web.StreamResponse:
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in DROP_FROM_CLIENT}
+        url = URL(self._base + request.raw_path[3:], encoded=True)
+        settings, pool = self.settings, self.pool
+        failures: list[str] = []
+        cooled = False
+        while len(call.tried) < settings.max_attempts:
+            key = pool.acquire(tiers, call.tried)
+            if key is None:
+                break
+            call.tried += (key.id,)
+            headers["Authorization"] = key.auth
+            try:
+                upstream = await self.session.request(
+                    request.method, url, data=body, headers=headers, timeout=self._timeout, allow_redirects=False
+                )
+            except UPSTREAM_FAILURES as exc:
+                pool.release(key)
+                failures.append(describe_exception(exc))
+                pool.cool(key, settings.cooldown_seconds, failures[-1])
+                cooled = True
+                continue
+            try:
+                if upstream.status < 400:
+                    return await self._relay(request, upstream, key, call, endpoint)
+                answer = await upstream.read()
+                outcome = classify(upstream.status, answer)
+                if outcome is Outcome.CLIENT or (
+                    outcome is Outcome.NO_BALANCE and key.tier == FREE and call.model not in settings.free_model_set
+                ):
+                    # The request is wrong (or asks a zero-balance key for a paid model): no key would help.
+                    self._log(call, upstream.status, key, error=describe(upstream.status, answer))
+                    return web.Response(status=upstream.status, body=answer, headers=self._reply_headers(upstream))
+                failures.append(describe(upstream.status, answer))
+                cooled |= self._penalise(key, outcome, failures[-1])
+            except UPSTREAM_FAILURES as exc:  # the answer broke before a byte reached the client
+                failures.append(describe_exception(exc))
+                pool.cool(key, settings.cooldown_seconds, failures[-1])
+                cooled = True
+            finally:
+                upstream.release()
+                pool.release(key)
+        return self._no_key(call, tiers, failures, cooled)
+
+    def _penalise(self, key: Key, outcome: Outcome, error: str) -> bool:
+        """Apply an upstream error to the key that earned it; True when the key now cools down."""
+        if outcome is Outcome.INVALID:
+            self.pool.mark_invalid(key, error)
+        elif outcome is Outcome.NO_BALANCE and key.tier != FREE:
+            self.pool.set_balance(key, 0.0, key.state)
+            self.pool.note_error(key, error)
+        elif outcome is Outcome.RETRY:
+            self.pool.note_error(key, error)
+        else:  # rate limited, overloaded, or a zero-balance key refused even a free model
+            self.pool.cool(key, self.settings.cooldown_seconds, error)
+            return True
+        return False
+
+    def _no_key(self, call: _Call, tiers: tuple[int, ...], failures: list[str], cooled: bool) -> web.Response:
+        if failures:
+            message = f"All {len(call.tried)} keys tried failed; last error: {failures[-1]} (所有尝试的 Key 均失败)"
+            retry_after = round(self.settings.cooldown_seconds) if cooled else None
+        else:
+            why = self.pool.unavailable(tiers)
+            message, retry_after = why.message, why.retry_after
+        self._log(call, 503, None, error=message)
+        headers = {"Retry-After": str(max(1, retry_after))} if retry_after is not None else None
+        return openai_error(503, message, "service_unavailable", "no_key_available", headers)
+
+    # -- relaying a successful answer ---------------------------------------------------------
+
+    @staticmethod
+    def _reply_headers(upstream: aiohttp.ClientResponse) -> dict[str, str]:
+        headers = {k: v for k, v in upstream.headers.items() if k.lower() not in DROP_FROM_UPSTREAM}
+        headers.update(CORS)
+        return headers
+
+    async def _relay(
+        self, request: web.Request, upstream: aiohttp.ClientResponse, key: Key, call: _Call, endpoint: Endpoint
+    ) -> web.StreamResponse:
+        if key.state == UNCHECKED:  # it just served a request, so it is a valid key
+            self.pool.set_balance(key, key.balance)
+        if upstream.content_type == "application/json":
+            answer = await upstream.read()
+            self._log(call, upstream.status, key, time.monotonic(), endpoint.usage(answer))
+            return web.Response(status=upstream.status, body=answer, headers=self._reply_headers(upstream))
+        return await self._relay_stream(request, upstream, key, call)
+
+    async def _relay_stream(
+        self, request: web.Request, upstream: aiohttp.ClientResponse, key: Key, call: _Call
+    ) -> web.StreamResponse:
+        """Write each upstream chunk the moment it arrives; SSE streams also yield their usage."""
+        sse = StreamUsage() if upstream.content_type == "text/event-stream" else None
+        chunk = await upstream.content.readany()  # a failure here may still move on to another key
+        response = web.StreamResponse(status=upstream.status, headers=self._reply_headers(upstream))
+        if sse is not None:
+            response.headers.update(SSE_HEADERS)
+        call.stream = True
+        status, error, first_byte = upstream.status, None, None
+        try:
+            await response.prepare(request)
+            while chunk:
+                if sse is not None:
+                    sse.feed(chunk)
+                await response.write(chunk)
+                if first_byte is None:
+                    first_byte = time.monotonic()
+                chunk = await upstream.content.readany()
+        except CLIENT_GONE:
+            status, error = 499, "client disconnected"
+            raise
+        except UPSTREAM_FAILURES as exc:
+            error = describe_exception(exc)
+            self.pool.note_error(key, error)
+            if sse is not None:
+                await self._end_stream_with_error(response, sse, error)
+            elif request.transport is not None:  # a cut binary body can only be signalled by closing
+                request.transport.close()
+        else:
+            await response.write_eof()
+        finally:
+            self._log(call, status, key, first_byte, sse.result() if sse is not None else NO_USAGE, error)
+        return response
+
+    @staticmethod
+    async def _end_stream_with_error(response: web.StreamResponse, sse: StreamUsage, error: str) -> None:
+        """Close the SSE stream so clients see an error, not a hang or a silent cut."""
+        event = orjson.dumps(
+            {
+                "error": {
+                    "message": f"Upstream stream interrupted: {error}",
+                    "type": "upstream_error",
+                    "code": "stream_interrupted",
+                }
+            }
+        )
+        lead = b"" if sse.at_event_boundary() else b"\n\n"
+        try:
+            await response.write(lead + b"data: " + event + b"\n\ndata: [DONE]\n\n")
+            await response.write_eof()
+        except ConnectionResetError:
+            pass
+
+    # -- the call log -------------------------------------------------------------------------
+
+    def _log(
+        self,
+        call: _Call,
+        status: int,
+        key: Key | None,
+        first_byte: float | None = None,
+        usage: Usage = NO_USAGE,
+        error: str | None = None,
+    ) -> None:
+        """Queue the call-log row; the writer thread stores it."""
+        started = call.started
+        self.store.log_call(
+            CallRecord(
+                time.time(),
+                call.path,
+                call.model,
+                key.id if key is not None else None,
+                status,
+                len(call.tried),
+                round((time.monotonic() - started) * 1000),
+                round((first_byte - started) * 1000) if first_byte is not None else None,
+                usage.prompt_tokens,
+                usage.completion_tokens,
+                usage.total_tokens,
+                usage.images,
+                call.stream,
+                call.caller,
+                error,
+            )
+        )

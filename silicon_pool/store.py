@@ -1,0 +1,359 @@
+"""SQLite storage with one writer thread: the request path only drops items on a queue.
+
+Two kinds of items reach the writer. Telemetry (a changed `Key`, a call-log row) is batched
+and committed at least every `FLUSH_SECONDS`, with per-hour usage totals kept up to date in
+the same transaction so stats never scan the log. Jobs (imports, deletes, settings) are
+callables run in their own transaction; their caller awaits the commit. Reads run on a small
+pool of reader threads with their own connections (WAL lets them run beside the writer).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import os
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any, NamedTuple, TypeVar
+
+import orjson
+
+from .crypto import Secrets
+from .pool import Key
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+DB_FILE = "pool.db"
+FLUSH_SECONDS = 0.5
+MAX_BATCH = 5000
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS keys (
+    id INTEGER PRIMARY KEY,
+    key_hash TEXT NOT NULL UNIQUE,
+    key_enc BLOB NOT NULL,
+    added_at REAL NOT NULL,
+    balance REAL,
+    usage_count INTEGER NOT NULL DEFAULT 0,
+    enabled INTEGER NOT NULL DEFAULT 1,
+    state TEXT NOT NULL DEFAULT 'active',
+    last_used_at REAL,
+    last_error TEXT,
+    account_id TEXT
+);
+CREATE TABLE IF NOT EXISTS settings (
+    name TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS calls (
+    id INTEGER PRIMARY KEY,
+    ts REAL NOT NULL,
+    endpoint TEXT NOT NULL,
+    model TEXT,
+    key_id INTEGER,
+    status INTEGER NOT NULL,
+    attempts INTEGER NOT NULL,
+    latency_ms INTEGER NOT NULL,
+    ttfb_ms INTEGER,
+    prompt_tokens INTEGER NOT NULL DEFAULT 0,
+    completion_tokens INTEGER NOT NULL DEFAULT 0,
+    total_tokens INTEGER NOT NULL DEFAULT 0,
+    images INTEGER NOT NULL DEFAULT 0,
+    stream INTEGER NOT NULL DEFAULT 0,
+    caller TEXT NOT NULL,
+    error TEXT
+);
+CREATE INDEX IF NOT EXISTS calls_ts ON calls (ts);
+CREATE TABLE IF NOT EXISTS usage_hourly (
+    hour INTEGER NOT NULL,
+    model TEXT NOT NULL,
+    calls INTEGER NOT NULL DEFAULT 0,
+    errors INTEGER NOT NULL DEFAULT 0,
+    prompt_tokens INTEGER NOT NULL DEFAULT 0,
+    completion_tokens INTEGER NOT NULL DEFAULT 0,
+    total_tokens INTEGER NOT NULL DEFAULT 0,
+    images INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (hour, model)
+) WITHOUT ROWID;
+"""
+
+
+class CallRecord(NamedTuple):
+    """One proxied request, as the call log stores it."""
+
+    ts: float
+    endpoint: str
+    model: str | None
+    key_id: int | None
+    status: int
+    attempts: int
+    latency_ms: int
+    ttfb_ms: int | None
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    images: int
+    stream: bool
+    caller: str
+    error: str | None
+
+
+_INSERT_CALL = (
+    f"INSERT INTO calls ({', '.join(CallRecord._fields)}) VALUES ({', '.join('?' * len(CallRecord._fields))})"
+)
+_UPDATE_KEY = (
+    "UPDATE keys SET balance=?, usage_count=?, enabled=?, state=?, last_used_at=?, last_error=?, account_id=?"
+    " WHERE id=?"
+)
+_UPSERT_HOURLY = """
+INSERT INTO usage_hourly (hour, model, calls, errors, prompt_tokens, completion_tokens, total_tokens, images)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (hour, model) DO UPDATE SET
+    calls = calls + excluded.calls, errors = errors + excluded.errors,
+    prompt_tokens = prompt_tokens + excluded.prompt_tokens,
+    completion_tokens = completion_tokens + excluded.completion_tokens,
+    total_tokens = total_tokens + excluded.total_tokens, images = images + excluded.images
+"""
+
+
+class _Job(NamedTuple):
+    fn: Callable[[sqlite3.Connection], Any]
+    future: concurrent.futures.Future[Any]
+
+
+_STOP = object()
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute("PRAGMA busy_timeout=10000")
+    return conn
+
+
+def _key_row(key: Key) -> tuple[Any, ...]:
+    return (
+        key.balance,
+        key.usage_count,
+        int(key.enabled),
+        key.state,
+        key.last_used_at,
+        key.last_error,
+        key.account_id,
+        key.id,
+    )
+
+
+def _hourly_rows(records: list[CallRecord]) -> list[tuple[Any, ...]]:
+    """Sum a batch of calls per (hour, model) so the stats table takes one upsert each."""
+    totals: dict[tuple[int, str], list[int]] = {}
+    for r in records:
+        row = totals.setdefault((int(r.ts // 3600 * 3600), r.model or ""), [0, 0, 0, 0, 0, 0])
+        row[0] += 1
+        row[1] += r.status >= 400 or r.error is not None
+        row[2] += r.prompt_tokens
+        row[3] += r.completion_tokens
+        row[4] += r.total_tokens
+        row[5] += r.images
+    return [(hour, model, *sums) for (hour, model), sums in totals.items()]
+
+
+class Store:
+    """The database file, its writer thread and its readers."""
+
+    def __init__(self, data_dir: Path, secrets: Secrets) -> None:
+        self.path = data_dir / DB_FILE
+        self.secrets = secrets
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._writer: threading.Thread | None = None
+        self._readers = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="sqlite-read")
+        self._local = threading.local()
+        self._reader_conns: list[sqlite3.Connection] = []
+
+    # -- life cycle ---------------------------------------------------------------------------
+
+    def open(self) -> None:
+        """Create the file (owner-only) and schema, then start the writer thread."""
+        if not self.path.exists():
+            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600))
+        conn = connect(self.path)
+        conn.executescript(SCHEMA)
+        conn.close()
+        self._writer = threading.Thread(target=self._write_loop, name="sqlite-writer", daemon=True)
+        self._writer.start()
+
+    def close(self) -> None:
+        """Flush everything queued, stop the writer and the readers."""
+        if self._writer is not None:
+            self._queue.put(_STOP)
+            self._writer.join()
+            self._writer = None
+        self._readers.shutdown(wait=True)
+        for conn in self._reader_conns:
+            conn.close()
+        self._reader_conns.clear()
+
+    # -- loading at start-up ------------------------------------------------------------------
+
+    async def load_keys(self) -> list[Key]:
+        return await self.read(self._load_keys)
+
+    async def load_settings(self) -> dict[str, Any]:
+        rows = await self.read(lambda conn: conn.execute("SELECT name, value FROM settings").fetchall())
+        return {name: orjson.loads(value) for name, value in rows}
+
+    def _load_keys(self, conn: sqlite3.Connection) -> list[Key]:
+        rows = conn.execute(
+            "SELECT id, key_enc, added_at, balance, usage_count, enabled, state, last_used_at, last_error,"
+            " account_id FROM keys"
+        ).fetchall()
+        decrypt = self.secrets.decrypt
+        return [
+            Key(
+                r[0],
+                decrypt(r[1]),
+                added_at=r[2],
+                balance=r[3],
+                usage_count=r[4],
+                enabled=bool(r[5]),
+                state=r[6],
+                last_used_at=r[7],
+                last_error=r[8],
+                account_id=r[9],
+            )
+            for r in rows
+        ]
+
+    # -- the request path: enqueue only -------------------------------------------------------
+
+    def save_key(self, key: Key) -> None:
+        """Persist `key`'s counters and state with the next batch."""
+        self._queue.put(key)
+
+    def log_call(self, record: CallRecord) -> None:
+        self._queue.put(record)
+
+    # -- awaited writes -----------------------------------------------------------------------
+
+    async def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `fn` in one transaction on the writer thread, after everything queued before it."""
+        future: concurrent.futures.Future[T] = concurrent.futures.Future()
+        self._queue.put(_Job(fn, future))
+        return await asyncio.wrap_future(future)
+
+    async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `fn` on a reader thread's own connection."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._readers, lambda: fn(self._reader()))
+
+    def _reader(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = connect(self.path)
+            self._reader_conns.append(conn)
+        return conn
+
+    # -- common jobs --------------------------------------------------------------------------
+
+    async def insert_keys(self, entries: Iterable[tuple[str, float | None, str, str | None]]) -> list[Key]:
+        """Add (secret, balance, state, account_id) entries; keys already stored are skipped."""
+        items = list(entries)
+        now = time.time()
+        encrypt, fingerprint = self.secrets.encrypt, self.secrets.fingerprint
+
+        def insert(conn: sqlite3.Connection) -> list[Key]:
+            added = []
+            for secret, balance, state, account_id in items:
+                cur = conn.execute(
+                    "INSERT OR IGNORE INTO keys (key_hash, key_enc, added_at, balance, state, account_id)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    (fingerprint(secret), encrypt(secret), now, balance, state, account_id),
+                )
+                if cur.rowcount:
+                    key = Key(
+                        cur.lastrowid or 0, secret, added_at=now, balance=balance, state=state, account_id=account_id
+                    )
+                    added.append(key)
+            return added
+
+        return await self.write(insert)
+
+    async def save_settings(self, values: dict[str, Any]) -> None:
+        rows = [(name, orjson.dumps(value).decode()) for name, value in values.items()]
+        await self.write(
+            lambda conn: conn.executemany(
+                "INSERT INTO settings (name, value) VALUES (?, ?)"
+                " ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                rows,
+            )
+        )
+
+    # -- the writer thread --------------------------------------------------------------------
+
+    def _write_loop(self) -> None:
+        conn = connect(self.path)
+        keys: dict[int, Key] = {}
+        calls: list[CallRecord] = []
+        last_flush = time.monotonic()
+        while True:
+            timeout = max(0.0, last_flush + FLUSH_SECONDS - time.monotonic()) if keys or calls else None
+            try:
+                item = self._queue.get(timeout=timeout)
+            except queue.Empty:
+                item = None
+            if isinstance(item, Key):
+                keys[item.id] = item
+            elif isinstance(item, CallRecord):
+                calls.append(item)
+            elif item is not None:  # a job or the stop sign: flush first, so order is kept
+                self._flush(conn, keys, calls)
+                keys, calls = {}, []
+                last_flush = time.monotonic()
+                if item is _STOP:
+                    break
+                self._run_job(conn, item)
+                continue
+            if item is None or len(calls) >= MAX_BATCH or time.monotonic() - last_flush >= FLUSH_SECONDS:
+                self._flush(conn, keys, calls)
+                keys, calls = {}, []
+                last_flush = time.monotonic()
+        conn.close()
+
+    @staticmethod
+    def _flush(conn: sqlite3.Connection, keys: dict[int, Key], calls: list[CallRecord]) -> None:
+        if not keys and not calls:
+            return
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            if keys:
+                conn.executemany(_UPDATE_KEY, [_key_row(k) for k in keys.values()])
+            if calls:
+                conn.executemany(_INSERT_CALL, calls)
+                conn.executemany(_UPSERT_HOURLY, _hourly_rows(calls))
+            conn.execute("COMMIT")
+        except sqlite3.Error:
+            log.exception("could not save %d key updates and %d call-log rows", len(keys), len(calls))
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+
+    @staticmethod
+    def _run_job(conn: sqlite3.Connection, job: _Job) -> None:
+        if not job.future.set_running_or_notify_cancel():
+            return
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            result = job.fn(conn)
+            conn.execute("COMMIT")
+        except BaseException as exc:  # handed to the awaiting coroutine, which decides
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            job.future.set_exception(exc)
+        else:
+            job.future.set_result(result)

@@ -1,0 +1,96 @@
+"""The one HTTP client to SiliconFlow, and what its error answers mean for a key."""
+
+from __future__ import annotations
+
+import enum
+
+import aiohttp
+import orjson
+
+from .redact import scrub
+
+# Headers that describe one hop, not the message (RFC 9110 §7.6.1), plus those the proxy owns:
+# the key goes in Authorization, aiohttp frames the body, the admin's cookie stays here.
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "trailers",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+DROP_FROM_CLIENT = HOP_BY_HOP | {"host", "authorization", "content-length", "accept-encoding", "cookie"}
+DROP_FROM_UPSTREAM = HOP_BY_HOP | {"content-length", "content-encoding", "set-cookie", "server", "date"}
+
+
+def make_session() -> aiohttp.ClientSession:
+    """One pooled client for the whole process: no connection cap, no cookies kept."""
+    connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=60)
+    return aiohttp.ClientSession(
+        connector=connector,
+        cookie_jar=aiohttp.DummyCookieJar(),
+        timeout=aiohttp.ClientTimeout(total=None),
+        auto_decompress=True,
+    )
+
+
+class Outcome(enum.Enum):
+    """What an upstream error answer says about the key that got it."""
+
+    INVALID = "invalid"  # 401: the key is dead; keep it, never pick it
+    NO_BALANCE = "no_balance"  # 402/403 code 30001: the key moves to the free tier
+    COOL = "cool"  # 429/503/504: nothing wrong with the key, rest it and try another
+    RETRY = "retry"  # 500/502: the upstream stumbled; try another key, blame none
+    CLIENT = "client"  # the request itself is wrong: no key would help
+
+
+def error_code(body: bytes) -> int | None:
+    """SiliconFlow's flat `{"code": …}`, if the body has one."""
+    try:
+        answer = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    code = answer.get("code") if isinstance(answer, dict) else None
+    return code if isinstance(code, int) else None
+
+
+def classify(status: int, body: bytes) -> Outcome:
+    if status == 401:
+        return Outcome.INVALID
+    if status in (402, 403) and error_code(body) == 30001:
+        return Outcome.NO_BALANCE
+    if status in (429, 503, 504):
+        return Outcome.COOL
+    if status in (500, 502):
+        return Outcome.RETRY
+    return Outcome.CLIENT
+
+
+def describe(status: int, body: bytes) -> str:
+    """A short, key-free line for last_error and the call log."""
+    text = body[:300].decode("utf-8", "replace")
+    try:
+        answer = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        pass
+    else:
+        if isinstance(answer, dict):
+            inner = answer.get("error")
+            message = inner.get("message") if isinstance(inner, dict) else answer.get("message")
+            if isinstance(message, str):
+                text = message
+        elif isinstance(answer, str):
+            text = answer
+    return scrub(f"HTTP {status}: {text.strip()[:200]}")
+
+
+def describe_exception(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):
+        return "upstream timed out"
+    return scrub(f"upstream connection failed: {type(exc).__name__}: {exc}"[:200])

@@ -1,0 +1,107 @@
+"""Token usage read out of upstream answers without parsing (or altering) what need not be.
+
+A chat answer can be large, but its usage object is small and sits near the end, so only that
+object is located and parsed. Streams repeat cumulative usage in every event and an event may
+be split across reads, so the tracker keeps the stream's recent tail and reads the last usage
+object once, when the stream ends.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import orjson
+
+
+class Usage(NamedTuple):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+    images: int = 0
+
+
+NO_USAGE = Usage()
+_TAIL = 64 * 1024
+_SPACE = b" \t\r\n"
+
+
+def _object_after(body: bytes | bytearray, name: bytes) -> dict | None:
+    """The JSON object that is the value of the last `"name":` in `body`, if there is one."""
+    pos = len(body)
+    while (pos := body.rfind(name, 0, pos)) >= 0:
+        i = pos + len(name)
+        while i < len(body) and body[i] in _SPACE:
+            i += 1
+        if i < len(body) and body[i] == 0x3A:  # ':'
+            i += 1
+            while i < len(body) and body[i] in _SPACE:
+                i += 1
+            if i < len(body) and body[i] == 0x7B:  # '{': usage objects hold no strings with braces
+                depth, j = 0, i
+                while j < len(body):
+                    c = body[j]
+                    if c == 0x7B:
+                        depth += 1
+                    elif c == 0x7D:
+                        depth -= 1
+                        if depth == 0:
+                            try:
+                                value = orjson.loads(bytes(body[i : j + 1]))
+                            except orjson.JSONDecodeError:
+                                break
+                            return value if isinstance(value, dict) else None
+                    j += 1
+    return None
+
+
+def _int(value: object) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def token_usage(body: bytes | bytearray) -> Usage:
+    """OpenAI `usage`, or rerank's `tokens` (top level or under `meta`)."""
+    usage = _object_after(body, b'"usage"')
+    if usage is not None:
+        prompt, completion = _int(usage.get("prompt_tokens")), _int(usage.get("completion_tokens"))
+        return Usage(prompt, completion, _int(usage.get("total_tokens")) or prompt + completion)
+    tokens = _object_after(body, b'"tokens"')
+    if tokens is not None:
+        prompt, completion = _int(tokens.get("input_tokens")), _int(tokens.get("output_tokens"))
+        return Usage(prompt, completion, prompt + completion)
+    return NO_USAGE
+
+
+def image_usage(body: bytes | bytearray) -> Usage:
+    """Images carry no tokens: count the pictures (`images`, or an OpenAI-style `data` list)."""
+    try:
+        answer = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return NO_USAGE
+    if not isinstance(answer, dict):
+        return NO_USAGE
+    images = answer.get("images")
+    if not isinstance(images, list):
+        images = answer.get("data")
+    return Usage(images=len(images)) if isinstance(images, list) else NO_USAGE
+
+
+class StreamUsage:
+    """Watches a passing SSE stream; `result()` reads the last cumulative usage it carried."""
+
+    __slots__ = ("_tail",)
+
+    def __init__(self) -> None:
+        self._tail = bytearray()
+
+    def feed(self, chunk: bytes) -> None:
+        tail = self._tail
+        tail += chunk
+        if len(tail) > 2 * _TAIL:
+            del tail[:-_TAIL]
+
+    def at_event_boundary(self) -> bool:
+        """True when what passed so far ends a whole event (an error event may follow directly)."""
+        return not self._tail or self._tail.endswith((b"\n\n", b"\r\n\r\n"))
+
+    def result(self) -> Usage:
+        return token_usage(self._tail)

@@ -1,0 +1,135 @@
+"""Fixtures: a fake SiliconFlow on 127.0.0.1, the real proxy app in front of it, real clients."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp.test_utils import TestServer
+from openai import AsyncOpenAI
+
+from silicon_pool.app import change_settings, create_app
+from silicon_pool.config import Config
+from silicon_pool.pool import ACTIVE, Key, KeyPool
+from silicon_pool.store import DB_FILE, Store
+from silicon_pool.typedefs import POOL, STORE
+from tests.fake_upstream import FakeUpstream, make_key
+
+
+@dataclass
+class Running:
+    """A started proxy, with the shortcuts tests need."""
+
+    server: TestServer
+    data_dir: Path
+    clients: list[AsyncOpenAI] = field(default_factory=list)
+
+    @property
+    def base(self) -> str:
+        return str(self.server.make_url("")).rstrip("/")
+
+    @property
+    def pool(self) -> KeyPool:
+        return self.server.app[POOL]
+
+    @property
+    def store(self) -> Store:
+        return self.server.app[STORE]
+
+    async def add_keys(self, *entries: tuple[str, float | None]) -> list[Key]:
+        """Put keys in the store and the pool, as an import will (until the admin API lands)."""
+        keys = await self.store.insert_keys((secret, balance, ACTIVE, None) for secret, balance in entries)
+        self.pool.add_many(keys)
+        return keys
+
+    async def set(self, **changes: Any) -> None:
+        await change_settings(self.server.app, changes)
+
+    def openai(self, api_key: str = "anything") -> AsyncOpenAI:
+        client = AsyncOpenAI(base_url=f"{self.base}/v1", api_key=api_key, max_retries=0, timeout=10)
+        self.clients.append(client)
+        return client
+
+    async def flush(self) -> None:
+        """Wait until everything queued for the writer is committed (a job runs after a flush)."""
+        await self.store.write(lambda conn: None)
+
+    async def calls(self) -> list[sqlite3.Row]:
+        await self.flush()
+
+        def read(conn: sqlite3.Connection) -> list[sqlite3.Row]:
+            conn.row_factory = sqlite3.Row
+            try:
+                return conn.execute("SELECT * FROM calls ORDER BY id").fetchall()
+            finally:
+                conn.row_factory = None
+
+        return await self.store.read(read)
+
+    async def stop(self) -> None:
+        for client in self.clients:
+            await client.close()
+        self.clients.clear()
+        await self.server.close()
+
+
+@pytest.fixture
+def fake() -> FakeUpstream:
+    return FakeUpstream()
+
+
+@pytest.fixture
+async def upstream_url(fake: FakeUpstream, aiohttp_server: Any) -> str:
+    server = await aiohttp_server(fake.app)
+    return str(server.make_url("/v1"))
+
+
+StartProxy = Callable[..., Awaitable[Running]]
+
+
+@pytest.fixture
+async def start_proxy(upstream_url: str, tmp_path: Path) -> AsyncIterator[StartProxy]:
+    """Start the real app on a free port; `data_dir` may be reused to test a restart."""
+    running: list[Running] = []
+
+    async def start(data_dir: Path | None = None, **settings: Any) -> Running:
+        config = Config(data_dir=data_dir or tmp_path / "data", upstream=upstream_url)
+        server = TestServer(create_app(config), host="127.0.0.1")
+        await server.start_server()
+        proxy = Running(server, config.data_dir)
+        running.append(proxy)
+        if settings:
+            await proxy.set(**settings)
+        return proxy
+
+    yield start
+    for proxy in running:
+        await proxy.stop()
+
+
+@pytest.fixture
+async def proxy(start_proxy: StartProxy) -> Running:
+    return await start_proxy()
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+def paid_keys(fake: FakeUpstream, count: int, balance: str = "10.00", seed: str = "paid") -> list[str]:
+    """`count` keys the fake knows, each with `balance`."""
+    keys = [make_key(f"{seed}-{i}") for i in range(count)]
+    for key in keys:
+        fake.add_key(key, balance)
+    return keys
+
+
+def db_path(proxy: Running) -> Path:
+    return proxy.data_dir / DB_FILE
