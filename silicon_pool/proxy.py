@@ -12,6 +12,7 @@ import asyncio
 import hmac
 import logging
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -27,6 +28,8 @@ from .upstream import DROP_FROM_CLIENT, DROP_FROM_UPSTREAM, Outcome, classify, d
 from .usage import NO_USAGE, StreamUsage, Usage, image_usage, token_usage
 
 log = logging.getLogger(__name__)
+# The body is already in memory and goes out in one write: aiohttp's advice for big bodies doesn't apply.
+warnings.filterwarnings("ignore", "Sending a large body directly", ResourceWarning)
 
 UPSTREAM_FAILURES = (aiohttp.ClientError, TimeoutError)
 CLIENT_GONE = (ConnectionResetError, asyncio.CancelledError)

@@ -9,7 +9,7 @@ import openai
 import pytest
 
 from tests.conftest import Running, paid_keys
-from tests.fake_upstream import FakeUpstream, make_key
+from tests.fake_upstream import FakeUpstream
 
 CHAT = "deepseek-ai/DeepSeek-V3"
 FREE_CHAT = "Qwen/Qwen2.5-7B-Instruct"
@@ -140,7 +140,9 @@ async def test_hop_by_hop_and_client_auth_are_not_forwarded(
     [secret] = paid_keys(fake, 1)
     await proxy.add_keys((secret, 10.0))
     headers = {"Authorization": "Bearer client-token", "Cookie": "AIOHTTP_SESSION=x", "X-Custom": "kept"}
-    async with http.post(f"{proxy.base}/v1/chat/completions", json={"model": CHAT, "messages": MESSAGES}, headers=headers) as resp:
+    async with http.post(
+        f"{proxy.base}/v1/chat/completions", json={"model": CHAT, "messages": MESSAGES}, headers=headers
+    ) as resp:
         assert resp.status == 200
     seen = fake.requests[-1]
     assert seen.headers["authorization"] == f"Bearer {secret}"
@@ -148,8 +150,11 @@ async def test_hop_by_hop_and_client_auth_are_not_forwarded(
 
 
 async def test_options_preflight(proxy: Running, http: aiohttp.ClientSession) -> None:
-    headers = {"Origin": "http://app.example", "Access-Control-Request-Method": "POST",
-               "Access-Control-Request-Headers": "authorization, content-type"}
+    headers = {
+        "Origin": "http://app.example",
+        "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "authorization, content-type",
+    }
     async with http.options(f"{proxy.base}/v1/chat/completions", headers=headers) as resp:
         assert resp.status == 204
         assert resp.headers["Access-Control-Allow-Origin"] == "*"
@@ -209,7 +214,7 @@ async def test_free_token_for_paid_model_returns_upstream_refusal(proxy: Running
 async def test_free_models_try_zero_balance_keys_first_then_paid(proxy: Running, fake: FakeUpstream) -> None:
     [paid] = paid_keys(fake, 1)
     [zero] = paid_keys(fake, 1, balance="0", seed="zero")
-    [paid_key, zero_key] = await proxy.add_keys((paid, 10.0), (zero, 0.0))
+    [_, zero_key] = await proxy.add_keys((paid, 10.0), (zero, 0.0))
     client = proxy.openai()
     await client.chat.completions.create(model=FREE_CHAT, messages=MESSAGES)
     assert fake.requests[-1].key == zero
