@@ -72,7 +72,7 @@ def openai_error(
 class _Call:
     """One request's facts, gathered as it goes and logged once at the end."""
 
-    __slots__ = ("caller", "model", "path", "started", "stream", "tried")
+    __slots__ = ("caller", "key", "logged", "model", "path", "started", "stream", "tried")
 
     def __init__(self, path: str, started: float) -> None:
         self.path, self.started = path, started
@@ -80,6 +80,8 @@ class _Call:
         self.model: str | None = None
         self.stream = False
         self.tried: tuple[int, ...] = ()
+        self.key: Key | None = None  # the key of the attempt under way
+        self.logged = False
 
 
 class RequestRejected(Exception):
@@ -113,6 +115,19 @@ class Proxy:
         if request.method == "OPTIONS":
             return self._preflight(request)
         call = _Call(request.path[4:], time.monotonic())  # the path after "/v1/"
+        try:
+            return await self._handle(request, call)
+        except asyncio.CancelledError:  # the client went away
+            if not call.logged:
+                self._log(call, 499, call.key, error="client disconnected")
+            raise
+        except Exception:
+            log.exception("unexpected error while proxying /v1/%s", call.path)
+            if not call.logged:
+                self._log(call, 500, call.key, error="internal proxy error")
+            return openai_error(500, "Internal proxy error (代理内部错误)", "server_error", "internal_error")
+
+    async def _handle(self, request: web.Request, call: _Call) -> web.StreamResponse:
         endpoint = ENDPOINTS.get(call.path, OTHER)
         try:
             caller = self._caller(request.headers.get("Authorization"))
@@ -197,13 +212,16 @@ class Proxy:
             if key is None:
                 break
             call.tried += (key.id,)
+            call.key = key
             headers["Authorization"] = key.auth
             try:
                 upstream = await self.session.request(
                     request.method, url, data=body, headers=headers, timeout=self._timeout, allow_redirects=False
                 )
-            except UPSTREAM_FAILURES as exc:
+            except BaseException as exc:
                 pool.release(key)
+                if not isinstance(exc, UPSTREAM_FAILURES):
+                    raise
                 failures.append(describe_exception(exc))
                 pool.cool(key, settings.cooldown_seconds, failures[-1])
                 cooled = True
@@ -228,6 +246,7 @@ class Proxy:
             finally:
                 upstream.release()
                 pool.release(key)
+        call.key = None
         return self._no_key(call, tiers, failures, cooled)
 
     def _penalise(self, key: Key, outcome: Outcome, error: str) -> bool:
@@ -341,6 +360,7 @@ class Proxy:
         error: str | None = None,
     ) -> None:
         """Queue the call-log row; the writer thread stores it."""
+        call.logged = True
         started = call.started
         self.store.log_call(
             CallRecord(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import aiohttp
@@ -234,3 +235,51 @@ async def test_zero_balance_key_refused_on_free_model_moves_on(proxy: Running, f
     assert answer.choices[0].message.content
     assert [r.key for r in fake.requests] == [zero, paid]
     assert zero_key.status() == "cooling" and zero_key.state != "invalid"
+
+
+async def test_strategy_change_applies_to_the_next_request(proxy: Running, fake: FakeUpstream) -> None:
+    secrets = paid_keys(fake, 3)
+    keys = await proxy.add_keys(*((s, 10.0) for s in secrets))
+    for i, key in enumerate(keys):
+        key.added_at += i
+    client = proxy.openai()
+    await proxy.set(strategy="oldest")
+    await client.models.list()
+    assert fake.requests[-1].key == secrets[0]
+    await proxy.set(strategy="newest")
+    await client.models.list()
+    assert fake.requests[-1].key == secrets[2]
+
+
+async def _wait_for_rows(proxy: Running, count: int) -> list:
+    for _ in range(100):
+        rows = await proxy.calls()
+        if len(rows) >= count:
+            return rows
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"expected {count} call-log rows")
+
+
+@pytest.mark.parametrize("stage", ["before_headers", "mid_stream"])
+async def test_client_disconnect_is_logged_and_frees_the_key(
+    proxy: Running, fake: FakeUpstream, http: aiohttp.ClientSession, stage: str
+) -> None:
+    [secret] = paid_keys(fake, 1)
+    [key] = await proxy.add_keys((secret, 10.0))
+    if stage == "before_headers":
+        fake.set_behavior(secret, "stall")
+        fake.stall_seconds = 5
+    else:
+        fake.chunk_delay = 0.5
+    body = {"model": CHAT, "messages": MESSAGES, "stream": True}
+
+    async def read_a_little() -> None:
+        async with http.post(f"{proxy.base}/v1/chat/completions", json=body) as resp:
+            await resp.content.readany()
+            await asyncio.sleep(5)
+
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(read_a_little(), 0.3)
+    [row] = await _wait_for_rows(proxy, 1)
+    assert row["status"] == 499 and row["error"] == "client disconnected" and row["key_id"] == key.id
+    assert key.inflight == 0 and key.status() == "active"
