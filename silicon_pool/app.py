@@ -3,41 +3,59 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
-from typing import Any
 
 from aiohttp import web
 
+from .admin.auth import LoginThrottle, cookie_storage, load_account
+from .admin.gate import admin_gate
+from .admin.routes import add_api_routes
+from .balance import BalanceChecker
 from .config import Config
 from .crypto import Secrets, ensure_private_dir
+from .jobs import Jobs
+from .lifecycle import KeyLifecycle
+from .models import ModelCatalog
 from .pool import FREE, PAID, KeyPool
 from .proxy import Proxy
 from .settings import Settings
 from .store import Store
-from .typedefs import CONFIG, POOL, PROXY, SECRETS, SETTINGS, STORE, UPSTREAM
+from .typedefs import (
+    ACCOUNT,
+    CATALOG,
+    CHECKER,
+    CONFIG,
+    JOBS,
+    LIFECYCLE,
+    POOL,
+    PROXY,
+    SECRETS,
+    SETTINGS,
+    STORE,
+    THROTTLE,
+    UPSTREAM,
+)
 from .upstream import make_session
 
 log = logging.getLogger(__name__)
 
 
 async def _storage(app: web.Application) -> AsyncIterator[None]:
-    """Open the database, load settings and keys into memory; flush and close at the end."""
+    """Open the database, load settings, keys and the admin account; flush and close at the end."""
     config = app[CONFIG]
-    ensure_private_dir(config.data_dir)
-    secrets = Secrets(config.data_dir)
-    store = Store(config.data_dir, secrets)
+    store = Store(config.data_dir, app[SECRETS])
     await asyncio.to_thread(store.open)
     try:
-        settings = Settings(await store.load_settings())
+        settings = Settings(await store.load_settings(), persist=store.save_settings)
         if config.upstream is not None and config.upstream != settings.upstream:
-            parsed = settings.validate({"upstream": config.upstream})
-            await store.save_settings(parsed)
-            settings.apply(parsed)
+            await settings.update({"upstream": config.upstream})
         pool = KeyPool(settings.strategy, on_change=store.save_key)
         pool.add_many(await store.load_keys())
         settings.subscribe(lambda changed: pool.set_strategy(settings.strategy) if "strategy" in changed else None)
-        app[SECRETS], app[STORE], app[SETTINGS], app[POOL] = secrets, store, settings, pool
+        app[STORE], app[SETTINGS], app[POOL] = store, settings, pool
+        app[ACCOUNT] = await load_account(store)
         log.info(
             "loaded %d keys (%d with balance, %d zero-balance)", len(pool), pool.tier_size(PAID), pool.tier_size(FREE)
         )
@@ -47,20 +65,33 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _upstream(app: web.Application) -> AsyncIterator[None]:
-    """The shared upstream client, and the proxy that uses it."""
+    """The shared upstream client, and everything that talks through it."""
     session = make_session()
+    pool, settings, store = app[POOL], app[SETTINGS], app[STORE]
     app[UPSTREAM] = session
-    app[PROXY] = Proxy(app[POOL], app[SETTINGS], app[STORE], session)
+    app[PROXY] = Proxy(pool, settings, store, session)
+    app[CHECKER] = BalanceChecker(session, settings)
+    app[LIFECYCLE] = KeyLifecycle(pool, store, settings, app[CHECKER])
+    app[CATALOG] = ModelCatalog(session, pool, settings)
     yield
     await session.close()
 
 
-async def change_settings(app: web.Application, changes: dict[str, Any]) -> None:
-    """Validate all, persist, then apply: a refused or unsaved change leaves everything as it was."""
-    settings = app[SETTINGS]
-    parsed = settings.validate(changes)
-    await app[STORE].save_settings(parsed)
-    settings.apply(parsed)
+async def _jobs(app: web.Application) -> AsyncIterator[None]:
+    """Background jobs, and the timer that refreshes balances every `refresh_interval_minutes`."""
+    jobs = app[JOBS] = Jobs()
+    lifecycle = app[LIFECYCLE]
+
+    async def refresh_all() -> None:
+        if jobs.running("refresh") is None:
+            jobs.start("refresh", lambda job: lifecycle.refresh(job))
+
+    timer = asyncio.create_task(lifecycle.refresh_periodically(refresh_all), name="balance-refresh-timer")
+    yield
+    timer.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await timer
+    await jobs.close()
 
 
 async def forward(request: web.Request) -> web.StreamResponse:
@@ -78,11 +109,13 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 def create_app(config: Config) -> web.Application:
+    ensure_private_dir(config.data_dir)
+    secrets = Secrets(config.data_dir)
     # The proxy enforces the `max_body_mb` setting itself; this is only aiohttp's outer bound.
-    app = web.Application(client_max_size=1024**3)
-    app[CONFIG] = config
-    app.cleanup_ctx.append(_storage)
-    app.cleanup_ctx.append(_upstream)
+    app = web.Application(client_max_size=1024**3, middlewares=[admin_gate(cookie_storage(secrets.cookie_key))])
+    app[CONFIG], app[SECRETS], app[THROTTLE] = config, secrets, LoginThrottle()
+    app.cleanup_ctx.extend([_storage, _upstream, _jobs])
     app.router.add_get("/healthz", healthz)
     app.router.add_route("*", "/v1/{tail:.*}", forward)
+    add_api_routes(app.router)
     return app

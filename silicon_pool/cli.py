@@ -13,9 +13,12 @@ from pathlib import Path
 from aiohttp import web
 
 from . import __version__
+from .admin.auth import reset_account
 from .app import create_app
 from .config import Config
+from .crypto import Secrets, ensure_private_dir
 from .settings import BY_NAME, DEFAULT_UPSTREAM
+from .store import Store
 
 log = logging.getLogger("silicon_pool")
 
@@ -87,14 +90,19 @@ def build_parser() -> argparse.ArgumentParser:
         default=env("SILICON_POOL_LOG_LEVEL", "INFO"),
         help=f"one of {', '.join(LOG_LEVELS)} [SILICON_POOL_LOG_LEVEL, default INFO]",
     )
+    parser.add_argument(
+        "--reset-admin",
+        action="store_true",
+        help="reset the admin login to admin/admin (logging every session out), then exit",
+    )
     parser.add_argument("--version", action="version", version=f"silicon-pool {__version__}")
     return parser
 
 
-def parse_config(argv: Sequence[str] | None = None) -> Config:
+def parse_config(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, Config]:
     """Flags to a Config; a bad value prints a clear message and exits with status 2."""
     args = build_parser().parse_args(argv)
-    return Config(
+    return args, Config(
         host=args.host, port=args.port, data_dir=args.data_dir, upstream=args.upstream, log_level=args.log_level
     )
 
@@ -108,8 +116,21 @@ def _event_loop() -> asyncio.AbstractEventLoop:
     return uvloop.new_event_loop()
 
 
+def reset_admin(config: Config) -> None:
+    """Put admin/admin back (for a forgotten password); keys and settings are untouched."""
+    ensure_private_dir(config.data_dir)
+    store = Store(config.data_dir, Secrets(config.data_dir))
+    store.open()
+    store.close()
+    reset_account(str(store.path))
+    print(f"silicon-pool: the admin login in {config.data_dir} is now admin / admin; change it after logging in.")
+
+
 def main(argv: Sequence[str] | None = None) -> None:
-    config = parse_config(argv)
+    args, config = parse_config(argv)
+    if args.reset_admin:
+        reset_admin(config)
+        return
     logging.basicConfig(level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = create_app(config)
     shown = f"[{config.host}]" if ":" in config.host else config.host

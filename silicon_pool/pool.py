@@ -108,6 +108,7 @@ class KeyPool:
 
     def __init__(self, strategy: str, on_change: Callable[[Key], None] = lambda _key: None) -> None:
         self.keys: dict[int, Key] = {}
+        self.by_secret: dict[str, Key] = {}
         self.strategy = strategy
         self._indexes: tuple[Index, Index] = (make_index(strategy), make_index(strategy))
         self._cooling: list[tuple[float, int]] = []
@@ -123,6 +124,7 @@ class KeyPool:
 
     def add(self, key: Key) -> None:
         self.keys[key.id] = key
+        self.by_secret[key.secret] = key
         self._place(key)
 
     def add_many(self, keys: Iterable[Key]) -> None:
@@ -131,7 +133,10 @@ class KeyPool:
 
     def remove(self, key_id: int) -> Key | None:
         key = self.keys.pop(key_id, None)
-        if key is not None and key.tier is not None:
+        if key is None:
+            return None
+        del self.by_secret[key.secret]
+        if key.tier is not None:
             self._indexes[key.tier].discard(key)
             key.tier = None
         return key
@@ -147,8 +152,13 @@ class KeyPool:
             self._place(key)
 
     def _place(self, key: Key) -> None:
-        """Put `key` in the index its state calls for (or in none)."""
-        if not key.enabled or key.state == INVALID or key.cool_until > time.monotonic():
+        """Put `key` in the index its state calls for (or in none, once it was removed from the pool)."""
+        if (
+            self.keys.get(key.id) is not key
+            or not key.enabled
+            or key.state == INVALID
+            or key.cool_until > time.monotonic()
+        ):
             tier = None
         else:
             tier = FREE if key.balance is not None and key.balance <= 0 else PAID

@@ -8,7 +8,7 @@ PATCH changes nothing.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -137,8 +137,13 @@ class Settings:
     refresh_interval_minutes: int
     upstream: str
 
-    def __init__(self, stored: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        stored: dict[str, Any] | None = None,
+        persist: Callable[[dict[str, Any]], Awaitable[None]] | None = None,
+    ) -> None:
         self._listeners: list[Callable[[set[str]], None]] = []
+        self._persist = persist
         for setting in SETTINGS:
             setattr(self, setting.name, setting.default)
         # A stored value that no longer parses (an old version's) falls back to the default.
@@ -170,6 +175,14 @@ class Settings:
         free = parsed.get("free_token", self.free_token)
         if free and free == api:
             raise SettingError("free_token: must differ from api_token")
+        return parsed
+
+    async def update(self, changes: dict[str, Any]) -> dict[str, Any]:
+        """Validate all, persist, then apply: a refused or unsaved change leaves everything as it was."""
+        parsed = self.validate(changes)
+        if self._persist is not None:
+            await self._persist({k: list(v) if isinstance(v, tuple) else v for k, v in parsed.items()})
+        self.apply(parsed)
         return parsed
 
     def apply(self, parsed: dict[str, Any]) -> None:

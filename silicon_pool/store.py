@@ -73,14 +73,22 @@ CREATE INDEX IF NOT EXISTS calls_ts ON calls (ts);
 CREATE TABLE IF NOT EXISTS usage_hourly (
     hour INTEGER NOT NULL,
     model TEXT NOT NULL,
+    endpoint TEXT NOT NULL,
     calls INTEGER NOT NULL DEFAULT 0,
     errors INTEGER NOT NULL DEFAULT 0,
     prompt_tokens INTEGER NOT NULL DEFAULT 0,
     completion_tokens INTEGER NOT NULL DEFAULT 0,
     total_tokens INTEGER NOT NULL DEFAULT 0,
     images INTEGER NOT NULL DEFAULT 0,
-    PRIMARY KEY (hour, model)
+    PRIMARY KEY (hour, model, endpoint)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS admin (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    username TEXT NOT NULL,
+    password_hash TEXT NOT NULL,
+    is_default INTEGER NOT NULL,
+    epoch TEXT NOT NULL
+);
 """
 
 
@@ -112,9 +120,9 @@ _UPDATE_KEY = (
     " WHERE id=?"
 )
 _UPSERT_HOURLY = """
-INSERT INTO usage_hourly (hour, model, calls, errors, prompt_tokens, completion_tokens, total_tokens, images)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?)
-ON CONFLICT (hour, model) DO UPDATE SET
+INSERT INTO usage_hourly (hour, model, endpoint, calls, errors, prompt_tokens, completion_tokens, total_tokens, images)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (hour, model, endpoint) DO UPDATE SET
     calls = calls + excluded.calls, errors = errors + excluded.errors,
     prompt_tokens = prompt_tokens + excluded.prompt_tokens,
     completion_tokens = completion_tokens + excluded.completion_tokens,
@@ -152,17 +160,17 @@ def _key_row(key: Key) -> tuple[Any, ...]:
 
 
 def _hourly_rows(records: list[CallRecord]) -> list[tuple[Any, ...]]:
-    """Sum a batch of calls per (hour, model) so the stats table takes one upsert each."""
-    totals: dict[tuple[int, str], list[int]] = {}
+    """Sum a batch of calls per (hour, model, endpoint) so the stats table takes one upsert each."""
+    totals: dict[tuple[int, str, str], list[int]] = {}
     for r in records:
-        row = totals.setdefault((int(r.ts // 3600 * 3600), r.model or ""), [0, 0, 0, 0, 0, 0])
+        row = totals.setdefault((int(r.ts // 3600 * 3600), r.model or "", r.endpoint), [0, 0, 0, 0, 0, 0])
         row[0] += 1
         row[1] += r.status >= 400 or r.error is not None
         row[2] += r.prompt_tokens
         row[3] += r.completion_tokens
         row[4] += r.total_tokens
         row[5] += r.images
-    return [(hour, model, *sums) for (hour, model), sums in totals.items()]
+    return [(*group, *sums) for group, sums in totals.items()]
 
 
 class Store:

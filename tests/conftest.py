@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -13,11 +14,11 @@ import pytest
 from aiohttp.test_utils import TestServer
 from openai import AsyncOpenAI
 
-from silicon_pool.app import change_settings, create_app
+from silicon_pool.app import create_app
 from silicon_pool.config import Config
 from silicon_pool.pool import ACTIVE, Key, KeyPool
 from silicon_pool.store import DB_FILE, Store
-from silicon_pool.typedefs import POOL, STORE
+from silicon_pool.typedefs import POOL, SETTINGS, STORE
 from tests.fake_upstream import FakeUpstream, make_key
 
 
@@ -48,7 +49,7 @@ class Running:
         return keys
 
     async def set(self, **changes: Any) -> None:
-        await change_settings(self.server.app, changes)
+        await self.server.app[SETTINGS].update(changes)
 
     def openai(self, api_key: str = "anything") -> AsyncOpenAI:
         client = AsyncOpenAI(base_url=f"{self.base}/v1", api_key=api_key, max_retries=0, timeout=10)
@@ -133,3 +134,30 @@ def paid_keys(fake: FakeUpstream, count: int, balance: str = "10.00", seed: str 
 
 def db_path(proxy: Running) -> Path:
     return proxy.data_dir / DB_FILE
+
+
+async def login(base: str, username: str = "admin", password: str = "admin") -> aiohttp.ClientSession:
+    """A browser-like client (cookies kept, even for 127.0.0.1) logged in to the admin."""
+    session = aiohttp.ClientSession(base_url=base, cookie_jar=aiohttp.CookieJar(unsafe=True))
+    async with session.post("/api/login", json={"username": username, "password": password}) as resp:
+        assert resp.status == 200, await resp.text()
+    return session
+
+
+@pytest.fixture
+async def admin(proxy: Running) -> AsyncIterator[aiohttp.ClientSession]:
+    session = await login(proxy.base)
+    yield session
+    await session.close()
+
+
+async def wait_job(admin: aiohttp.ClientSession, job_id: str) -> dict[str, Any]:
+    """Poll a job until it is no longer running (30 s at most); returns its last view."""
+    async with asyncio.timeout(30):
+        while True:
+            async with admin.get(f"/api/jobs/{job_id}") as resp:
+                assert resp.status == 200
+                job = await resp.json()
+            if job["state"] != "running":
+                return job
+            await asyncio.sleep(0.02)

@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("HOST", "PORT", "DATA_DIR", "UPSTREAM", "LOG_LEVEL"):
         monkeypatch.delenv(f"SILICON_POOL_{name}", raising=False)
-    config = parse_config([])
+    _, config = parse_config([])
     assert (config.host, config.port, str(config.data_dir), config.upstream, config.log_level) == (
         "127.0.0.1",
         7898,
@@ -34,9 +34,9 @@ def test_environment_then_flags(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SILICON_POOL_PORT", "8001")
     monkeypatch.setenv("SILICON_POOL_UPSTREAM", "http://127.0.0.1:9/v1/")
     monkeypatch.setenv("SILICON_POOL_LOG_LEVEL", "debug")
-    config = parse_config([])
+    _, config = parse_config([])
     assert (config.port, config.upstream, config.log_level) == (8001, "http://127.0.0.1:9/v1", "DEBUG")
-    assert parse_config(["--port", "8002"]).port == 8002  # the flag wins
+    assert parse_config(["--port", "8002"])[1].port == 8002  # the flag wins
 
 
 @pytest.mark.parametrize(

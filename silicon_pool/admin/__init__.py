@@ -1,0 +1,1 @@
+"""The web admin: login, JSON API and pages."""

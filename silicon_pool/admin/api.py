@@ -1,0 +1,419 @@
+"""The admin JSON API under /api: what the pages and scripts call. Every route but login needs
+a session (see `gate.py`); keys leave masked except through `secret` and `export`."""
+
+from __future__ import annotations
+
+import math
+import secrets
+import time
+from datetime import date, datetime
+from typing import Any
+
+import orjson
+from aiohttp import web
+from aiohttp_session import get_session
+
+from ..models import CatalogUnavailable
+from ..pool import Key
+from ..selection import STRATEGIES
+from ..settings import SETTINGS as SETTING_LIST
+from ..settings import SettingError
+from ..typedefs import ACCOUNT, CATALOG, JOBS, LIFECYCLE, POOL, SETTINGS, STORE, THROTTLE
+from . import queries
+from .auth import Account, check_login, hash_password, save_account, start_session
+
+MAX_PASTE_BYTES = 8 * 1024 * 1024
+KEY_STATES = ("all", "active", "zero", "disabled", "invalid", "cooling", "unchecked")
+KEY_SORTS = {
+    "added_at": lambda k: (k.added_at, k.id),
+    "balance": lambda k: (-math.inf if k.balance is None else k.balance, k.id),
+    "usage_count": lambda k: (k.usage_count, k.id),
+    "last_used_at": lambda k: (k.last_used_at or 0.0, k.id),
+    "key": lambda k: k.secret,
+}
+EXPORT_SORTS = {
+    "balance_desc": (KEY_SORTS["balance"], True),
+    "balance_asc": (KEY_SORTS["balance"], False),
+    "key_asc": (KEY_SORTS["key"], False),
+    "key_desc": (KEY_SORTS["key"], True),
+}
+
+
+class ApiError(Exception):
+    """Answered as `{"error": message}` with `status`."""
+
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.headers = status, message, headers
+
+
+def dumps(data: Any, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
+
+
+async def read_json(request: web.Request, limit: int = 1024 * 1024) -> dict[str, Any]:
+    if request.content_length is not None and request.content_length > limit:
+        raise ApiError(413, f"request body over {limit // 1024 // 1024} MB (请求体过大)")
+    body = await request.read()
+    if len(body) > limit:
+        raise ApiError(413, f"request body over {limit // 1024 // 1024} MB (请求体过大)")
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise ApiError(400, "the body must be JSON (请求体不是合法的 JSON)") from None
+    if not isinstance(data, dict):
+        raise ApiError(400, "the body must be a JSON object (请求体必须是 JSON 对象)")
+    return data
+
+
+def _str_field(data: dict[str, Any], name: str, *, required: bool = True, max_len: int = 256) -> str | None:
+    value = data.get(name)
+    if value is None and not required:
+        return None
+    if not isinstance(value, str) or not value or len(value) > max_len:
+        raise ApiError(400, f"{name}: must be a non-empty string of at most {max_len} characters")
+    return value
+
+
+def _int_param(request: web.Request, name: str, default: int, low: int, high: int) -> int:
+    text = request.query.get(name)
+    if text is None or text == "":
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        raise ApiError(400, f"{name}: must be a whole number") from None
+    if not low <= value <= high:
+        raise ApiError(400, f"{name}: must be between {low} and {high}")
+    return value
+
+
+def _choice_param(request: web.Request, name: str, options: tuple[str, ...] | dict[str, Any], default: str) -> str:
+    value = request.query.get(name) or default
+    if value not in options:
+        raise ApiError(400, f"{name}: must be one of {', '.join(options)}")
+    return value
+
+
+def _ids(value: Any) -> list[int]:
+    if (
+        not isinstance(value, list)
+        or len(value) > 1_000_000
+        or not all(isinstance(i, int) and not isinstance(i, bool) for i in value)
+    ):
+        raise ApiError(400, "ids: must be a list of key ids")
+    return value
+
+
+def _key_view(key: Key, now: float) -> dict[str, Any]:
+    return {
+        "id": key.id,
+        "key_masked": key.masked,
+        "balance": key.balance,
+        "usage_count": key.usage_count,
+        "enabled": key.enabled,
+        "state": key.status(now),
+        "added_at": key.added_at,
+        "last_used_at": key.last_used_at,
+        "last_error": key.last_error,
+        "account_id": key.account_id,
+    }
+
+
+def _key(request: web.Request) -> Key:
+    key = request.app[POOL].keys.get(int(request.match_info["id"]))
+    if key is None:
+        raise ApiError(404, "no such key (Key 不存在)")
+    return key
+
+
+# -- login and account ------------------------------------------------------------------------
+
+
+def _me(account: Account) -> dict[str, Any]:
+    return {"username": account.username, "default_password": account.is_default}
+
+
+async def login(request: web.Request) -> web.Response:
+    data = await read_json(request)
+    username, password = _str_field(data, "username"), _str_field(data, "password")
+    throttle, account = request.app[THROTTLE], request.app[ACCOUNT]
+    client = request.remote or "unknown"
+    if wait := throttle.wait(client):
+        raise ApiError(
+            429, f"too many failed logins; try again in {wait}s (登录失败次数过多)", {"Retry-After": str(wait)}
+        )
+    if not await check_login(account, username or "", password or ""):
+        throttle.failed(client)
+        raise ApiError(401, "wrong username or password (用户名或密码错误)")
+    throttle.succeeded(client)
+    await start_session(request, account)
+    return dumps(_me(account))
+
+
+async def logout(request: web.Request) -> web.Response:
+    (await get_session(request)).invalidate()
+    return dumps({"ok": True})
+
+
+async def me(request: web.Request) -> web.Response:
+    return dumps(_me(request.app[ACCOUNT]))
+
+
+async def change_account(request: web.Request) -> web.Response:
+    data = await read_json(request)
+    current = _str_field(data, "current_password") or ""
+    username = _str_field(data, "username", required=False, max_len=64)
+    password = _str_field(data, "password")
+    account = request.app[ACCOUNT]
+    if username is not None and (username.strip() != username or any(c.isspace() for c in username)):
+        raise ApiError(400, "username: no spaces (用户名不能包含空格)")
+    if len(password or "") < 6:
+        raise ApiError(400, "password: at least 6 characters (密码至少 6 位)")
+    if not await check_login(account, account.username, current):
+        request.app[THROTTLE].failed(request.remote or "unknown")
+        raise ApiError(403, "current password is wrong (当前密码错误)")
+    new_hash = hash_password(password or "")
+    updated = Account(username or account.username, new_hash, False, secrets.token_hex(8))
+    await save_account(request.app[STORE], updated)
+    account.username, account.password_hash, account.is_default, account.epoch = (
+        updated.username,
+        updated.password_hash,
+        updated.is_default,
+        updated.epoch,
+    )
+    await start_session(request, account)  # this session stays; every other one is logged out
+    return dumps(_me(account))
+
+
+# -- keys ----------------------------------------------------------------------------------------
+
+
+async def import_keys(request: web.Request) -> web.Response:
+    data = await read_json(request, MAX_PASTE_BYTES)
+    text = data.get("keys")
+    if not isinstance(text, str) or not text.strip():
+        raise ApiError(400, "keys: paste some keys as text (请粘贴 Key)")
+    lifecycle = request.app[LIFECYCLE]
+    job = request.app[JOBS].start("import", lambda job: lifecycle.import_paste(job, text))
+    return dumps({"job_id": job.id}, status=202)
+
+
+async def get_job(request: web.Request) -> web.Response:
+    job = request.app[JOBS].get(request.match_info["id"])
+    if job is None:
+        raise ApiError(404, "no such job (任务不存在)")
+    return dumps(job.view())
+
+
+def _select(keys: list[Key], state: str, query: str, now: float) -> list[Key]:
+    if state != "all":
+        keys = [k for k in keys if k.status(now) == state]
+    if query:
+        needle = query.lower()
+        keys = [k for k in keys if needle in k.secret.lower() or needle == str(k.id)]
+    return keys
+
+
+async def list_keys(request: web.Request) -> web.Response:
+    page = _int_param(request, "page", 1, 1, 10**9)
+    size = _int_param(request, "page_size", 50, 1, 1000)
+    sort = _choice_param(request, "sort", KEY_SORTS, "added_at")
+    order = _choice_param(request, "order", ("asc", "desc"), "desc")
+    state = _choice_param(request, "state", KEY_STATES, "all")
+    query = request.query.get("q", "").strip()[:100]
+    now = time.monotonic()
+    keys = _select(list(request.app[POOL].keys.values()), state, query, now)
+    keys.sort(key=KEY_SORTS[sort], reverse=order == "desc")
+    start = (page - 1) * size
+    return dumps({"items": [_key_view(k, now) for k in keys[start : start + size]], "total": len(keys)})
+
+
+async def key_secret(request: web.Request) -> web.Response:
+    key = _key(request)
+    return dumps({"id": key.id, "key": key.secret})
+
+
+async def patch_key(request: web.Request) -> web.Response:
+    key = _key(request)
+    data = await read_json(request)
+    if set(data) != {"enabled"} or not isinstance(data["enabled"], bool):
+        raise ApiError(400, 'enabled: send {"enabled": true|false}')
+    request.app[LIFECYCLE].set_enabled([key.id], data["enabled"])
+    return dumps(_key_view(key, time.monotonic()))
+
+
+async def delete_key(request: web.Request) -> web.Response:
+    key = _key(request)
+    await request.app[LIFECYCLE].delete([key.id])
+    return dumps({"deleted": 1})
+
+
+async def bulk(request: web.Request) -> web.Response:
+    data = await read_json(request, MAX_PASTE_BYTES)
+    ids = _ids(data.get("ids"))
+    action = data.get("action")
+    lifecycle = request.app[LIFECYCLE]
+    if action in ("enable", "disable"):
+        return dumps({"changed": lifecycle.set_enabled(ids, action == "enable")})
+    if action == "delete":
+        return dumps({"deleted": await lifecycle.delete(ids)})
+    if action == "refresh":
+        job = request.app[JOBS].start("refresh", lambda job: lifecycle.refresh(job, ids))
+        return dumps({"job_id": job.id}, status=202)
+    raise ApiError(400, "action: must be one of enable, disable, delete, refresh")
+
+
+async def refresh_keys(request: web.Request) -> web.Response:
+    data = await read_json(request) if request.body_exists else {}
+    ids = _ids(data["ids"]) if data.get("ids") is not None else None
+    lifecycle = request.app[LIFECYCLE]
+    job = request.app[JOBS].start("refresh", lambda job: lifecycle.refresh(job, ids))
+    return dumps({"job_id": job.id}, status=202)
+
+
+def _amount(balance: float | None) -> str:
+    """`14`, `0.88`, `13.8925`; empty when unknown."""
+    return "" if balance is None else f"{balance:.4f}".rstrip("0").rstrip(".")
+
+
+async def export_keys(request: web.Request) -> web.Response:
+    fmt = _choice_param(request, "format", ("lines", "comma", "lines_with_balance"), "lines")
+    sort = _choice_param(request, "sort", EXPORT_SORTS, "balance_desc")
+    state = _choice_param(request, "state", ("all", "active", "zero"), "all")
+    now = time.monotonic()
+    keys = _select(list(request.app[POOL].keys.values()), state, "", now)
+    order, reverse = EXPORT_SORTS[sort]
+    keys.sort(key=order, reverse=reverse)
+    if fmt == "comma":
+        text = ",".join(k.secret for k in keys)
+    elif fmt == "lines_with_balance":
+        text = "\n".join(f"{k.secret}----{_amount(k.balance)}" for k in keys)
+    else:
+        text = "\n".join(k.secret for k in keys)
+    return web.Response(
+        text=text + ("\n" if text and fmt != "comma" else ""),
+        content_type="text/plain",
+        headers={"Content-Disposition": 'attachment; filename="keys.txt"', "Cache-Control": "no-store"},
+    )
+
+
+async def summary(request: web.Request) -> web.Response:
+    now = time.monotonic()
+    states = dict.fromkeys(KEY_STATES[1:], 0)
+    by_account: dict[str, float] = {}
+    total = 0.0
+    for key in request.app[POOL].keys.values():
+        states[key.status(now)] += 1
+        if key.balance is not None and key.balance > 0:
+            if key.account_id:
+                by_account[key.account_id] = max(by_account.get(key.account_id, 0.0), key.balance)
+            else:
+                total += key.balance
+    today = await request.app[STORE].read(lambda c: queries.totals_since(c, queries.today_start()))
+    return dumps(
+        {
+            "keys": {"total": len(request.app[POOL]), **states},
+            "total_balance": round(total + sum(by_account.values()), 4),
+            "today": today,
+            "strategy": request.app[SETTINGS].strategy,
+        }
+    )
+
+
+# -- settings -----------------------------------------------------------------------------------
+
+
+async def get_settings(request: web.Request) -> web.Response:
+    return dumps(request.app[SETTINGS].as_dict())
+
+
+async def settings_schema(_request: web.Request) -> web.Response:
+    return dumps(
+        {
+            "settings": [{"name": s.name, "default": s.default, "help": s.help} for s in SETTING_LIST],
+            "strategies": [{"name": n, "zh": zh, "en": en} for n, (_, zh, en) in STRATEGIES.items()],
+        }
+    )
+
+
+async def patch_settings(request: web.Request) -> web.Response:
+    data = await read_json(request)
+    try:
+        await request.app[SETTINGS].update(data)
+    except SettingError as exc:
+        raise ApiError(400, str(exc)) from None
+    return dumps(request.app[SETTINGS].as_dict())
+
+
+# -- logs, stats, models ------------------------------------------------------------------------
+
+
+def _log_filter(request: web.Request) -> queries.LogFilter:
+    q = request.query
+    try:
+        since = queries.parse_when(q["since"]) if q.get("since") else None
+        until = queries.parse_when(q["until"]) if q.get("until") else None
+    except ValueError as exc:
+        raise ApiError(400, f"since/until: {exc}") from None
+    status = _choice_param(request, "status", ("", "ok", "error"), "")
+    return queries.LogFilter(q.get("model") or None, q.get("endpoint") or None, status or None, since, until)
+
+
+async def get_logs(request: web.Request) -> web.Response:
+    page = _int_param(request, "page", 1, 1, 10**7)
+    size = _int_param(request, "page_size", 50, 1, 500)
+    where = _log_filter(request)
+    store = request.app[STORE]
+    rows, total = await store.read(lambda c: queries.log_page(c, where, (page - 1) * size, size))
+    models, endpoints = await store.read(queries.log_choices)
+    keys = request.app[POOL].keys
+    items = []
+    for r in rows:
+        key = keys.get(r[4]) if r[4] is not None else None
+        items.append(
+            {
+                "id": r[0],
+                "time": r[1],
+                "endpoint": r[2],
+                "model": r[3],
+                "key_id": r[4],
+                "key_masked": key.masked if key else ("(deleted)" if r[4] is not None else None),
+                "status": r[5],
+                "attempts": r[6],
+                "latency_ms": r[7],
+                "ttfb_ms": r[8],
+                "prompt_tokens": r[9],
+                "completion_tokens": r[10],
+                "total_tokens": r[11],
+                "images": r[12],
+                "stream": bool(r[13]),
+                "caller": r[14],
+                "error": r[15],
+            }
+        )
+    return dumps({"items": items, "total": total, "models": models, "endpoints": endpoints})
+
+
+async def clear_logs(request: web.Request) -> web.Response:
+    deleted = await request.app[STORE].write(lambda c: c.execute("DELETE FROM calls").rowcount)
+    return dumps({"deleted": deleted})
+
+
+async def get_stats(request: web.Request) -> web.Response:
+    range_ = _choice_param(request, "range", ("day", "month"), "day")
+    text = request.query.get("date")
+    try:
+        day = date.fromisoformat(text) if text else datetime.now().date()
+    except ValueError:
+        raise ApiError(400, "date: must be YYYY-MM-DD") from None
+    return dumps(await request.app[STORE].read(lambda c: queries.stats(c, range_, day)))
+
+
+async def get_models(request: web.Request) -> web.Response:
+    refresh = _choice_param(request, "refresh", ("0", "1"), "0") == "1"
+    try:
+        models, fetched_at = await request.app[CATALOG].models(refresh)
+    except CatalogUnavailable as exc:
+        raise ApiError(exc.status, f"could not fetch the model list: {exc}") from None
+    return dumps({"models": models, "fetched_at": fetched_at, "free_models": list(request.app[SETTINGS].free_models)})

@@ -1,0 +1,179 @@
+"""The admin account, its password hash, sessions, login throttling and the CSRF check.
+
+Sessions live in an encrypted cookie (aiohttp-session) whose key is derived from the data
+dir's secret, so logins survive a restart. Each session carries the account's `epoch`;
+changing the password makes a new epoch, which logs every other session out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import os
+import secrets
+import sqlite3
+import time
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from aiohttp import web
+from aiohttp_session import Session, get_session
+from aiohttp_session.cookie_storage import EncryptedCookieStorage
+
+from ..store import Store
+
+DEFAULT_USERNAME = DEFAULT_PASSWORD = "admin"
+SESSION_SECONDS = 48 * 3600
+COOKIE_NAME = "SILICON_POOL_SESSION"
+_SCRYPT = {"n": 2**14, "r": 8, "p": 1}
+
+
+def hash_password(password: str) -> str:
+    salt = os.urandom(16)
+    digest = hashlib.scrypt(password.encode(), salt=salt, dklen=32, **_SCRYPT)
+    return f"scrypt${_SCRYPT['n']}${_SCRYPT['r']}${_SCRYPT['p']}${salt.hex()}${digest.hex()}"
+
+
+def verify_password(password: str, stored: str) -> bool:
+    try:
+        _, n, r, p, salt, digest = stored.split("$")
+        candidate = hashlib.scrypt(password.encode(), salt=bytes.fromhex(salt), n=int(n), r=int(r), p=int(p), dklen=32)
+    except (ValueError, TypeError):
+        return False
+    return hmac.compare_digest(candidate.hex(), digest)
+
+
+@dataclass(slots=True)
+class Account:
+    username: str
+    password_hash: str
+    is_default: bool
+    epoch: str
+
+
+def _default_account() -> Account:
+    return Account(DEFAULT_USERNAME, hash_password(DEFAULT_PASSWORD), True, secrets.token_hex(8))
+
+
+def _write_account(conn: sqlite3.Connection, account: Account) -> None:
+    conn.execute(
+        "INSERT INTO admin (id, username, password_hash, is_default, epoch) VALUES (1, ?, ?, ?, ?)"
+        " ON CONFLICT (id) DO UPDATE SET username = excluded.username, password_hash = excluded.password_hash,"
+        " is_default = excluded.is_default, epoch = excluded.epoch",
+        (account.username, account.password_hash, int(account.is_default), account.epoch),
+    )
+
+
+async def load_account(store: Store) -> Account:
+    """The stored account, or admin/admin on first start."""
+    row = await store.read(
+        lambda c: c.execute("SELECT username, password_hash, is_default, epoch FROM admin WHERE id = 1").fetchone()
+    )
+    if row is not None:
+        return Account(row[0], row[1], bool(row[2]), row[3])
+    account = _default_account()
+    await store.write(lambda conn: _write_account(conn, account))
+    return account
+
+
+async def save_account(store: Store, account: Account) -> None:
+    await store.write(lambda conn: _write_account(conn, account))
+
+
+def reset_account(db_path: str) -> None:
+    """For `--reset-admin`: back to admin/admin, every session logged out."""
+    conn = sqlite3.connect(db_path)
+    try:
+        with conn:
+            _write_account(conn, _default_account())
+    finally:
+        conn.close()
+
+
+async def check_login(account: Account, username: str, password: str) -> bool:
+    """Both compared in constant time; scrypt runs off the event loop."""
+    ok_user = hmac.compare_digest(username.encode(), account.username.encode())
+    ok_password = await asyncio.to_thread(verify_password, password, account.password_hash)
+    return ok_user and ok_password
+
+
+# -- sessions -----------------------------------------------------------------------------------
+
+
+def cookie_storage(cookie_key: bytes) -> EncryptedCookieStorage:
+    return EncryptedCookieStorage(
+        cookie_key, cookie_name=COOKIE_NAME, max_age=SESSION_SECONDS, httponly=True, samesite="Strict"
+    )
+
+
+async def start_session(request: web.Request, account: Account) -> None:
+    session = await get_session(request)
+    session.clear()
+    session["user"] = account.username
+    session["epoch"] = account.epoch
+    session["seen"] = int(time.time())
+
+
+async def current_session(request: web.Request, account: Account) -> Session | None:
+    """The logged-in session, renewed at most once a minute (the 48 h lifetime slides)."""
+    session = await get_session(request)
+    if session.new or session.get("epoch") != account.epoch or session.get("user") != account.username:
+        return None
+    now = int(time.time())
+    seen = session.get("seen")
+    if not isinstance(seen, int) or now - seen > SESSION_SECONDS:
+        return None
+    if now - seen >= 60:
+        session["seen"] = now
+    return session
+
+
+# -- CSRF -----------------------------------------------------------------------------------------
+
+
+def same_origin(request: web.Request) -> bool:
+    """False when Origin (or, lacking it, Referer) names another site; scripts sending neither pass."""
+    origin = request.headers.get("Origin")
+    if origin is None:
+        referer = request.headers.get("Referer")
+        if not referer:
+            return True
+        parts = urlsplit(referer)
+        origin = f"{parts.scheme}://{parts.netloc}"
+    return origin.lower() == f"{request.scheme}://{request.host}".lower()
+
+
+# -- login throttling ---------------------------------------------------------------------------
+
+
+class LoginThrottle:
+    """After FREE_TRIES wrong passwords from one address, each further try waits twice as long."""
+
+    FREE_TRIES = 5
+    FORGET_SECONDS = 900
+    MAX_WAIT = 300
+
+    def __init__(self) -> None:
+        self._failures: dict[str, tuple[int, float]] = {}
+
+    def wait(self, client: str) -> int:
+        """Seconds `client` must wait before the next try (0: go ahead)."""
+        count, last = self._failures.get(client, (0, 0.0))
+        now = time.monotonic()
+        if now - last > self.FORGET_SECONDS:
+            self._failures.pop(client, None)
+            return 0
+        if count < self.FREE_TRIES:
+            return 0
+        delay = min(self.MAX_WAIT, 2 ** (count - self.FREE_TRIES))
+        return max(0, int(last + delay - now + 0.999))
+
+    def failed(self, client: str) -> None:
+        count, _ = self._failures.get(client, (0, 0.0))
+        self._failures[client] = (count + 1, time.monotonic())
+        if len(self._failures) > 10_000:  # many addresses: forget the stalest
+            self._failures.pop(next(iter(self._failures)))
+
+    def succeeded(self, client: str) -> None:
+        self._failures.pop(client, None)

@@ -1,0 +1,62 @@
+"""One middleware in front of everything but the proxy: sessions, login, CSRF, JSON errors.
+
+`/v1/*` passes straight through (the proxy has its own token check and error format). For
+`/api/*`, a request without a session gets 401 (login alone is open), and an unsafe request
+whose Origin or Referer names another site gets 403.
+"""
+
+from __future__ import annotations
+
+import functools
+import warnings
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+from aiohttp_session import AbstractStorage, session_middleware
+
+from ..typedefs import ACCOUNT
+from .api import ApiError, dumps
+from .auth import current_session, same_origin
+
+# aiohttp-session keeps its request state under string keys; that is its business, not ours.
+warnings.filterwarnings("ignore", category=web.NotAppKeyWarning, module="aiohttp_session")
+
+PUBLIC = frozenset({("POST", "/api/login")})
+UNSAFE = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+def admin_gate(storage: AbstractStorage) -> web.middleware:
+    sessions = session_middleware(storage)
+
+    @web.middleware
+    async def gate(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path.startswith("/v1/"):
+            return await handler(request)
+        return await sessions(request, functools.partial(_guard, handler=handler))
+
+    return gate
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
+    response = dumps({"error": message}, status=status)
+    if headers:
+        response.headers.update(headers)
+    return response
+
+
+async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if not request.path.startswith("/api/"):
+        return await handler(request)
+    try:
+        if request.method in UNSAFE and not same_origin(request):
+            raise ApiError(403, "cross-site request refused (拒绝跨站请求)")
+        public = (request.method, request.path) in PUBLIC
+        if not public and await current_session(request, request.app[ACCOUNT]) is None:
+            raise ApiError(401, "login required (请先登录)")
+        return await handler(request)
+    except ApiError as exc:
+        return _error(exc.status, exc.message, exc.headers)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return _error(exc.status, exc.reason)

@@ -1,0 +1,91 @@
+"""Is a key valid, and what is its balance? Asked of `<upstream>/user/info`.
+
+Only a clear 401 proves a key dead. Timeouts, 429 and 5xx are retried and, if they persist,
+leave the key "unreachable": the caller keeps it as it was. Where `/user/info` is retired
+(410), `/models` answering 200 still proves the key valid, with its balance unknown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+from dataclasses import dataclass
+
+import aiohttp
+import orjson
+
+from .settings import Settings
+from .upstream import describe, describe_exception
+
+RETRIES = 3
+BACKOFF_SECONDS = 0.5
+
+
+class Verdict(enum.Enum):
+    VALID = "valid"
+    INVALID = "invalid"
+    UNREACHABLE = "unreachable"
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    verdict: Verdict
+    balance: float | None = None
+    account_id: str | None = None
+    error: str | None = None
+
+
+class _Retry(Exception):
+    """A transient answer: worth asking again."""
+
+
+def _parse_user_info(body: bytes) -> Check:
+    try:
+        data = orjson.loads(body)["data"]
+        balance = float(data["totalBalance"])
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+        raise _Retry("unreadable /user/info answer") from None
+    account = data.get("id")
+    return Check(Verdict.VALID, balance, str(account) if account is not None else None)
+
+
+class BalanceChecker:
+    """Checks keys with the shared upstream client."""
+
+    def __init__(self, session: aiohttp.ClientSession, settings: Settings) -> None:
+        self.session, self.settings = session, settings
+
+    async def check(self, secret: str) -> Check:
+        error = "not checked"
+        for attempt in range(RETRIES):
+            if attempt:
+                await asyncio.sleep(BACKOFF_SECONDS * 2 ** (attempt - 1))
+            try:
+                return await self._ask(secret)
+            except _Retry as exc:
+                error = str(exc)
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                error = describe_exception(exc)
+        return Check(Verdict.UNREACHABLE, error=error)
+
+    async def _ask(self, secret: str) -> Check:
+        status, body = await self._get("/user/info", secret)
+        if status == 200:
+            return _parse_user_info(body)
+        if status == 410:  # retired: a 200 from /models still proves the key
+            status, body = await self._get("/models", secret)
+            if status == 200:
+                return Check(Verdict.VALID)
+        if status == 401:
+            return Check(Verdict.INVALID, error=describe(status, body))
+        if status == 429 or status >= 500:
+            raise _Retry(describe(status, body))
+        return Check(Verdict.UNREACHABLE, error=describe(status, body))
+
+    async def _get(self, path: str, secret: str) -> tuple[int, bytes]:
+        s = self.settings
+        timeout = aiohttp.ClientTimeout(total=s.connect_timeout + 30, sock_connect=s.connect_timeout)
+        async with self.session.get(
+            s.upstream + path, headers={"Authorization": f"Bearer {secret}"}, timeout=timeout
+        ) as resp:
+            return resp.status, await resp.read()

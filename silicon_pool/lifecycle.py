@@ -1,0 +1,157 @@
+"""A key's life after the proxy: import, balance refresh, enable/disable, delete.
+
+Nothing here ever drops a key on its own: an import stores every key the user pasted unless
+the upstream said a clear 401, and a refresh only changes what a check proved. Memory and
+SQLite change together: a key enters the pool only after its row is committed, and leaves
+the pool before its row is deleted, so traffic never picks a key that is not stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+from .balance import BalanceChecker, Check, Verdict
+from .jobs import Job
+from .keyparse import parse_keys
+from .pool import ACTIVE, INVALID, UNCHECKED, Key, KeyPool
+from .settings import Settings
+from .store import Store
+
+log = logging.getLogger(__name__)
+INSERT_BATCH = 200
+
+
+async def _bounded(items: Iterable[Any], limit: int, work: Callable[[Any], Awaitable[None]]) -> None:
+    """Run `work` on every item with at most `limit` running at once."""
+    queue = list(items)
+    queue.reverse()
+
+    async def worker() -> None:
+        while queue:
+            await work(queue.pop())
+
+    await asyncio.gather(*(worker() for _ in range(max(1, min(limit, len(queue))))))
+
+
+def _balance_total(keys: Iterable[Key]) -> float:
+    """The balance these keys can spend (an invalid key's last balance is not spendable)."""
+    return round(sum(k.balance for k in keys if k.balance is not None and k.balance > 0 and k.state != INVALID), 4)
+
+
+class KeyLifecycle:
+    def __init__(self, pool: KeyPool, store: Store, settings: Settings, checker: BalanceChecker) -> None:
+        self.pool, self.store, self.settings, self.checker = pool, store, settings, checker
+
+    # -- import -------------------------------------------------------------------------------
+
+    async def import_paste(self, job: Job, text: str) -> dict[str, int]:
+        """Check each new key in `text` and store it; the job is done only once all are committed."""
+        paste = parse_keys(text)
+        new = [k for k in paste.keys if k not in self.pool.by_secret]
+        counts = {
+            "imported": 0,
+            "zero_balance": 0,
+            "duplicates": paste.repeated + len(paste.keys) - len(new),
+            "invalid_format": paste.invalid_format,
+            "rejected": 0,
+            "unchecked": 0,
+        }
+        job.total = len(new)
+        pending: list[tuple[str, float | None, str, str | None]] = []
+
+        async def store_pending() -> None:
+            batch = pending[:]
+            pending.clear()
+            added = await self.store.insert_keys(batch)
+            self.pool.add_many(added)
+            counts["imported"] += len(added)
+            counts["zero_balance"] += sum(1 for k in added if k.balance is not None and k.balance <= 0)
+            counts["unchecked"] += sum(1 for k in added if k.state == UNCHECKED)
+            counts["duplicates"] += len(batch) - len(added)  # imported meanwhile by someone else
+
+        async def check(secret: str) -> None:
+            result = await self.checker.check(secret)
+            if result.verdict is Verdict.INVALID:
+                counts["rejected"] += 1
+            else:
+                state = ACTIVE if result.verdict is Verdict.VALID else UNCHECKED
+                pending.append((secret, result.balance, state, result.account_id))
+                if len(pending) >= INSERT_BATCH:
+                    await store_pending()
+            job.done += 1
+
+        await _bounded(new, self.settings.check_concurrency, check)
+        if pending:
+            await store_pending()
+        log.info("import: %s", counts)
+        return counts
+
+    # -- refresh ------------------------------------------------------------------------------
+
+    async def refresh(self, job: Job, ids: Iterable[int] | None = None) -> dict[str, Any]:
+        """Check balances; only a definite 401 marks a key invalid, and a 200 brings one back."""
+        pool = self.pool
+        keys = list(pool.keys.values()) if ids is None else [pool.keys[i] for i in ids if i in pool.keys]
+        job.total = len(keys)
+        counts: dict[str, Any] = {"updated": 0, "zero_balance": 0, "invalid": 0, "unreachable": 0}
+        before = _balance_total(keys)
+
+        async def check(key: Key) -> None:
+            result = await self.checker.check(key.secret)
+            self._apply(key, result, counts)
+            job.done += 1
+
+        await _bounded(keys, self.settings.check_concurrency, check)
+        counts["balance_before"] = before
+        counts["balance_after"] = _balance_total(k for k in keys if k.id in pool.keys)
+        log.info("refresh: %s", counts)
+        return counts
+
+    def _apply(self, key: Key, result: Check, counts: dict[str, Any]) -> None:
+        if key.id not in self.pool.keys:  # deleted while it was being checked
+            return
+        if result.verdict is Verdict.VALID:
+            key.account_id = result.account_id or key.account_id
+            balance = result.balance if result.balance is not None else key.balance
+            self.pool.set_balance(key, balance, ACTIVE)
+            counts["updated"] += 1
+            counts["zero_balance"] += balance is not None and balance <= 0
+        elif result.verdict is Verdict.INVALID:
+            self.pool.mark_invalid(key, result.error or "HTTP 401")
+            counts["invalid"] += 1
+        else:
+            counts["unreachable"] += 1
+
+    async def refresh_periodically(self, run: Callable[[], Awaitable[None]]) -> None:
+        """Call `run` every `refresh_interval_minutes` (re-read each time; 0 pauses)."""
+        while True:
+            minutes = self.settings.refresh_interval_minutes
+            await asyncio.sleep(60 * minutes if minutes else 30)
+            if self.settings.refresh_interval_minutes:
+                try:
+                    await run()
+                except Exception:
+                    log.exception("background refresh failed")
+
+    # -- enable, disable, delete ---------------------------------------------------------------
+
+    def set_enabled(self, ids: Iterable[int], enabled: bool) -> int:
+        changed = 0
+        for key_id in ids:
+            key = self.pool.keys.get(key_id)
+            if key is not None:
+                self.pool.set_enabled(key, enabled)
+                changed += 1
+        return changed
+
+    async def delete(self, ids: Iterable[int]) -> int:
+        """Out of the pool first (no new request picks it), then out of the database."""
+        removed = [key.id for key_id in ids if (key := self.pool.remove(key_id)) is not None]
+        if removed:
+            await self.store.write(
+                lambda conn: conn.executemany("DELETE FROM keys WHERE id = ?", [(i,) for i in removed])
+            )
+        return len(removed)

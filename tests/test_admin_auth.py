@@ -1,0 +1,180 @@
+"""Login, sessions, CSRF and throttling: no admin route is left open."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import sys
+from asyncio.subprocess import PIPE
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from silicon_pool.admin.auth import LoginThrottle
+from silicon_pool.admin.gate import PUBLIC
+from tests.conftest import Running, StartProxy, login, paid_keys
+from tests.fake_upstream import FakeUpstream
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _api_routes(proxy: Running) -> list[tuple[str, str]]:
+    routes = []
+    for route in proxy.server.app.router.routes():
+        info = route.resource.get_info() if route.resource else {}
+        path = info.get("path") or info.get("formatter", "")
+        if path.startswith("/api/") and route.method != "HEAD":
+            routes.append((route.method, re.sub(r"\{id[^}]*\}", "1", path)))
+    return routes
+
+
+async def test_every_api_route_but_login_needs_a_session(proxy: Running, http: aiohttp.ClientSession) -> None:
+    routes = _api_routes(proxy)
+    assert len(routes) >= 20
+    for method, path in routes:
+        async with http.request(method, proxy.base + path, json={}) as resp:
+            if (method, path) in PUBLIC:
+                assert resp.status != 401, path
+            else:
+                assert resp.status == 401, (method, path)
+                assert (await resp.json())["error"]
+
+
+async def test_every_api_route_answers_with_a_session(
+    proxy: Running, fake: FakeUpstream, admin: aiohttp.ClientSession
+) -> None:
+    await proxy.add_keys(*((s, 1.0) for s in paid_keys(fake, 1)))
+    for method, path in sorted(_api_routes(proxy), key=lambda r: r[0] == "DELETE"):  # deletions last
+        if path == "/api/logout":
+            continue
+        async with admin.request(method, path, json={}) as resp:
+            assert resp.status != 401, (method, path)
+            assert resp.status < 500, (method, path, await resp.text())
+
+
+async def test_unknown_api_path_is_json_404(admin: aiohttp.ClientSession) -> None:
+    async with admin.get("/api/nope") as resp:
+        assert resp.status == 404 and "error" in await resp.json()
+
+
+async def test_login_logout_and_me(proxy: Running) -> None:
+    client = await login(proxy.base)
+    try:
+        async with client.get("/api/me") as resp:
+            assert await resp.json() == {"username": "admin", "default_password": True}
+        cookie = next(c for c in client.cookie_jar if c.key == "SILICON_POOL_SESSION")
+        assert cookie["httponly"] and cookie["samesite"] == "Strict" and cookie["max-age"] == str(48 * 3600)
+        async with client.post("/api/logout") as resp:
+            assert resp.status == 200
+        async with client.get("/api/me") as resp:
+            assert resp.status == 401
+    finally:
+        await client.close()
+
+
+async def test_wrong_password_is_refused(proxy: Running, http: aiohttp.ClientSession) -> None:
+    for body in ({"username": "admin", "password": "nope"}, {"username": "root", "password": "admin"}):
+        async with http.post(f"{proxy.base}/api/login", json=body) as resp:
+            assert resp.status == 401
+    async with http.post(f"{proxy.base}/api/login", data=b"{bad") as resp:
+        assert resp.status == 400
+
+
+async def test_repeated_wrong_passwords_are_slowed_down(proxy: Running, http: aiohttp.ClientSession) -> None:
+    bad = {"username": "admin", "password": "wrong"}
+    for _ in range(LoginThrottle.FREE_TRIES):
+        async with http.post(f"{proxy.base}/api/login", json=bad) as resp:
+            assert resp.status == 401
+    async with http.post(f"{proxy.base}/api/login", json={"username": "admin", "password": "admin"}) as resp:
+        assert resp.status == 429  # even the right password waits now
+        assert int(resp.headers["Retry-After"]) >= 1
+
+
+def test_throttle_backs_off_and_forgets() -> None:
+    throttle = LoginThrottle()
+    for _ in range(LoginThrottle.FREE_TRIES):
+        assert throttle.wait("a") == 0
+        throttle.failed("a")
+    assert throttle.wait("a") == 1 and throttle.wait("b") == 0
+    throttle.failed("a")
+    assert throttle.wait("a") == 2
+    throttle.succeeded("a")
+    assert throttle.wait("a") == 0
+
+
+async def test_session_survives_a_restart(start_proxy: StartProxy) -> None:
+    first = await start_proxy()
+    client = await login(first.base)
+    cookies = {c.key: c.value for c in client.cookie_jar}
+    await client.close()
+    await first.stop()
+    second = await start_proxy(data_dir=first.data_dir)
+    async with (
+        aiohttp.ClientSession(base_url=second.base, cookies=cookies) as again,
+        again.get("/api/me") as resp,
+    ):
+        assert resp.status == 200
+
+
+async def test_changing_the_password_needs_the_current_one_and_logs_others_out(proxy: Running) -> None:
+    mine, other = await login(proxy.base), await login(proxy.base)
+    try:
+        bad = {"current_password": "wrong", "password": "s3cret-pass"}
+        async with mine.post("/api/account", json=bad) as resp:
+            assert resp.status == 403
+        async with mine.post("/api/account", json={"current_password": "admin", "password": "short"}) as resp:
+            assert resp.status == 400
+        change = {"current_password": "admin", "username": "boss", "password": "s3cret-pass"}
+        async with mine.post("/api/account", json=change) as resp:
+            assert resp.status == 200
+            assert await resp.json() == {"username": "boss", "default_password": False}
+        async with mine.get("/api/me") as resp:
+            assert resp.status == 200  # this session goes on
+        async with other.get("/api/me") as resp:
+            assert resp.status == 401  # every other one is out
+    finally:
+        await mine.close()
+        await other.close()
+    fresh = await login(proxy.base, "boss", "s3cret-pass")
+    await fresh.close()
+
+
+@pytest.mark.parametrize(
+    ("headers", "allowed"),
+    [
+        ({}, True),  # a script: no Origin, no Referer
+        ({"Origin": "SAME"}, True),
+        ({"Referer": "SAME/keys"}, True),
+        ({"Origin": "http://evil.example"}, False),
+        ({"Origin": "null"}, False),
+        ({"Referer": "http://evil.example/page"}, False),
+    ],
+)
+async def test_foreign_origin_cannot_change_anything(
+    proxy: Running, admin: aiohttp.ClientSession, headers: dict[str, str], allowed: bool
+) -> None:
+    headers = {k: v.replace("SAME", proxy.base) for k, v in headers.items()}
+    async with admin.patch("/api/settings", json={"max_attempts": 5}, headers=headers) as resp:
+        assert resp.status == (200 if allowed else 403)
+    async with admin.get("/api/settings") as resp:
+        assert (await resp.json())["max_attempts"] == (5 if allowed else 3)
+
+
+async def test_reset_admin_from_the_command_line(start_proxy: StartProxy) -> None:
+    proxy = await start_proxy()
+    client = await login(proxy.base)
+    async with client.post("/api/account", json={"current_password": "admin", "password": "forgotten!"}) as resp:
+        assert resp.status == 200
+    await client.close()
+    await proxy.stop()
+    reset = await asyncio.create_subprocess_exec(
+        sys.executable, "run.py", "--reset-admin", "--data-dir", str(proxy.data_dir), cwd=ROOT, stdout=PIPE
+    )
+    out, _ = await reset.communicate()
+    assert reset.returncode == 0 and b"admin / admin" in out
+    again = await start_proxy(data_dir=proxy.data_dir)
+    client = await login(again.base)
+    async with client.get("/api/me") as resp:
+        assert (await resp.json())["default_password"] is True
+    await client.close()
