@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 from collections.abc import AsyncIterator
 
@@ -42,6 +43,13 @@ from .upstream import make_session
 log = logging.getLogger(__name__)
 
 
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
 async def _storage(app: web.Application) -> AsyncIterator[None]:
     """Open the database, load settings, keys and the admin account; flush and close at the end."""
     config = app[CONFIG]
@@ -56,6 +64,12 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
         settings.subscribe(lambda changed: pool.set_strategy(settings.strategy) if "strategy" in changed else None)
         app[STORE], app[SETTINGS], app[POOL] = store, settings, pool
         app[ACCOUNT] = await load_account(store)
+        if app[ACCOUNT].is_default and not _is_loopback(config.host):
+            log.warning(
+                "!!! The admin login is still admin/admin and %s is reachable from other machines: "
+                "change the password now, or listen on 127.0.0.1 (管理员仍为默认密码，且监听了非本机地址) !!!",
+                config.host,
+            )
         log.info(
             "loaded %d keys (%d with balance, %d zero-balance)", len(pool), pool.tier_size(PAID), pool.tier_size(FREE)
         )

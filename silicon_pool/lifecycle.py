@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
@@ -22,6 +23,7 @@ from .store import Store
 
 log = logging.getLogger(__name__)
 INSERT_BATCH = 200
+MINUTE = 60.0  # seconds; the background refresh timer counts in these
 
 
 async def _bounded(items: Iterable[Any], limit: int, work: Callable[[Any], Awaitable[None]]) -> None:
@@ -126,11 +128,13 @@ class KeyLifecycle:
             counts["unreachable"] += 1
 
     async def refresh_periodically(self, run: Callable[[], Awaitable[None]]) -> None:
-        """Call `run` every `refresh_interval_minutes` (re-read each time; 0 pauses)."""
+        """Call `run` every `refresh_interval_minutes`; the setting is re-read every tick (0 = off)."""
+        last = time.monotonic()
         while True:
+            await asyncio.sleep(min(1.0, MINUTE / 4))
             minutes = self.settings.refresh_interval_minutes
-            await asyncio.sleep(60 * minutes if minutes else 30)
-            if self.settings.refresh_interval_minutes:
+            if minutes and time.monotonic() - last >= minutes * MINUTE:
+                last = time.monotonic()
                 try:
                     await run()
                 except Exception:

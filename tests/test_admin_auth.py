@@ -10,9 +10,12 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from aiohttp.test_utils import TestServer
 
 from silicon_pool.admin.auth import LoginThrottle
 from silicon_pool.admin.gate import PUBLIC
+from silicon_pool.app import create_app
+from silicon_pool.config import Config
 from tests.conftest import Running, StartProxy, login, paid_keys
 from tests.fake_upstream import FakeUpstream
 
@@ -178,3 +181,13 @@ async def test_reset_admin_from_the_command_line(start_proxy: StartProxy) -> Non
     async with client.get("/api/me") as resp:
         assert (await resp.json())["default_password"] is True
     await client.close()
+
+
+@pytest.mark.parametrize(("host", "loud"), [("0.0.0.0", True), ("127.0.0.1", False), ("localhost", False)])
+async def test_default_password_on_an_open_host_is_a_loud_warning(
+    host: str, loud: bool, tmp_path: Path, upstream_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = TestServer(create_app(Config(host=host, data_dir=tmp_path, upstream=upstream_url)), host="127.0.0.1")
+    await server.start_server()
+    await server.close()
+    assert any("admin/admin" in r.getMessage() and r.levelname == "WARNING" for r in caplog.records) == loud

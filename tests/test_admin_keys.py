@@ -10,7 +10,7 @@ import aiohttp
 import openai
 import pytest
 
-from silicon_pool import balance
+from silicon_pool import balance, lifecycle
 from tests.conftest import Running, paid_keys, wait_job
 from tests.fake_upstream import FakeUpstream, make_key
 
@@ -285,3 +285,18 @@ async def test_import_refresh_delete_and_traffic_at_once_account_for_every_key(
     )
     assert stored == (len(expected), len(expected))
     assert not [k for k in proxy.pool.keys.values() if k.status() == "invalid"]
+
+
+async def test_background_refresh_follows_the_interval_setting(
+    proxy: Running, fake: FakeUpstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(lifecycle, "MINUTE", 0.05)
+    [secret] = paid_keys(fake, 1)
+    [key] = await proxy.add_keys((secret, 1.0))
+    fake.set_balance(secret, "8.5")
+    await asyncio.sleep(0.1)
+    assert key.balance == 1.0  # 0 = off
+    await proxy.set(refresh_interval_minutes=1)
+    async with asyncio.timeout(5):
+        while key.balance != 8.5:
+            await asyncio.sleep(0.02)
