@@ -12,6 +12,7 @@ from aiohttp import web
 
 from .admin.auth import LoginThrottle, cookie_storage, load_account
 from .admin.gate import admin_gate
+from .admin.pages import add_page_routes, setup_templates
 from .admin.routes import add_api_routes
 from .balance import BalanceChecker
 from .config import Config
@@ -132,4 +133,6 @@ def create_app(config: Config) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_route("*", "/v1/{tail:.*}", forward)
     add_api_routes(app.router)
+    add_page_routes(app.router)
+    setup_templates(app)
     return app

@@ -15,6 +15,7 @@ from typing import Any
 from .selection import STRATEGIES
 
 DEFAULT_UPSTREAM = "https://api.siliconflow.cn/v1"
+DEFAULT_CHARTJS = "https://cdn.jsdelivr.net/npm/chart.js@4.6.1/dist/chart.umd.min.js"  # Chart.js's official CDN build
 
 # Models SiliconFlow has served free of charge (see the upstream fact sheet); editable.
 DEFAULT_FREE_MODELS = (
@@ -86,6 +87,12 @@ def _url(value: Any) -> str:
     return value.strip().rstrip("/")
 
 
+def _script_url(value: Any) -> str:
+    if not isinstance(value, str) or not re.fullmatch(r"(https?://[^\s\"'<>]+|/[^\s\"'<>]*)", value.strip()):
+        raise ValueError("must be an http(s) URL or a path on this server such as /static/chart.umd.min.js")
+    return value.strip()
+
+
 @dataclass(frozen=True, slots=True)
 class Setting:
     name: str
@@ -117,6 +124,7 @@ SETTINGS: tuple[Setting, ...] = (
         "Refresh balances every N minutes, 0 = off (自动刷新间隔)",
     ),
     Setting("upstream", DEFAULT_UPSTREAM, _url, "Upstream base URL including /v1 (上游地址)"),
+    Setting("chartjs_url", DEFAULT_CHARTJS, _script_url, "Where the stats page loads Chart.js from (图表库地址)"),
 )
 BY_NAME = {s.name: s for s in SETTINGS}
 
@@ -136,6 +144,7 @@ class Settings:
     check_concurrency: int
     refresh_interval_minutes: int
     upstream: str
+    chartjs_url: str
 
     def __init__(
         self,

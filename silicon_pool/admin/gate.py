@@ -14,9 +14,10 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 from aiohttp_session import AbstractStorage, session_middleware
 
-from ..typedefs import ACCOUNT
+from ..typedefs import ACCOUNT, SETTINGS
 from .api import ApiError, dumps
 from .auth import current_session, same_origin
+from .pages import PAGES
 
 # aiohttp-session keeps its request state under string keys; that is its business, not ours.
 warnings.filterwarnings("ignore", category=web.NotAppKeyWarning, module="aiohttp_session")
@@ -46,7 +47,7 @@ def _error(status: int, message: str, headers: dict[str, str] | None = None) -> 
 
 async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     if not request.path.startswith("/api/"):
-        return await handler(request)
+        return await _page_guard(request, handler)
     try:
         if request.method in UNSAFE and not same_origin(request):
             raise ApiError(403, "cross-site request refused (拒绝跨站请求)")
@@ -60,3 +61,29 @@ async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         if exc.status < 400:
             raise
         return _error(exc.status, exc.reason)
+
+
+async def _page_guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Pages need a session (else the login page, which sends the user back afterwards)."""
+    logged_in = await current_session(request, request.app[ACCOUNT]) is not None
+    if request.path in PAGES and not logged_in:
+        raise web.HTTPFound(request.app.router["login"].url_for().with_query(next=request.path_qs))
+    if request.path == "/login" and logged_in:
+        raise web.HTTPFound("/")
+    response = await handler(request)
+    if request.path in PAGES or request.path == "/login":
+        response.headers.update(_page_headers(request.app[SETTINGS].chartjs_url))
+    return response
+
+
+def _page_headers(chartjs_url: str) -> dict[str, str]:
+    chart_origin = "/".join(chartjs_url.split("/")[:3]) if chartjs_url.startswith("http") else ""
+    return {
+        "Content-Security-Policy": (
+            f"default-src 'self'; script-src 'self' {chart_origin}; style-src 'self' 'unsafe-inline'; "
+            "img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
+        ),
+        "X-Frame-Options": "DENY",
+        "X-Content-Type-Options": "nosniff",
+        "Referrer-Policy": "same-origin",
+    }

@@ -1,0 +1,218 @@
+"""The admin's words in Simplified Chinese (the default) and English.
+
+Pages render in the language of the `lang` cookie, which the switch in the top bar sets, so
+the browser remembers it; the same table goes to the page's scripts for the messages they show.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from aiohttp import web
+
+LANGS = ("zh", "en")
+
+TEXT: dict[str, tuple[str, str]] = {
+    # frame
+    "app.name": ("硅基 Key 池", "Silicon Pool"),
+    "nav.home": ("主页", "Home"),
+    "nav.keys": ("Key 管理", "Keys"),
+    "nav.models": ("模型", "Models"),
+    "nav.logs": ("日志", "Logs"),
+    "nav.stats": ("统计", "Stats"),
+    "nav.settings": ("设置", "Settings"),
+    "nav.logout": ("退出", "Log out"),
+    "lang.switch": ("English", "中文"),
+    "warn.default_password": (
+        "管理员仍在使用默认密码 admin/admin，请尽快在设置页修改。",
+        "The admin password is still the default admin/admin: change it on the Settings page.",
+    ),
+    "common.loading": ("加载中…", "Loading…"),
+    "common.none": ("无", "None"),
+    "common.prev": ("上一页", "Previous"),
+    "common.next": ("下一页", "Next"),
+    "common.page": ("第 {page} / {pages} 页，共 {total} 条", "Page {page} of {pages}, {total} in all"),
+    "common.copy": ("复制", "Copy"),
+    "common.copied": ("已复制", "Copied"),
+    "common.saved": ("已保存", "Saved"),
+    "common.error": ("出错了：", "Error: "),
+    "common.confirm": ("确定吗？", "Are you sure?"),
+    "common.all": ("全部", "All"),
+    "common.apply": ("应用", "Apply"),
+    "common.reset": ("重置", "Reset"),
+    "common.done": ("完成", "Done"),
+    "common.failed": ("失败", "Failed"),
+    # login
+    "login.title": ("登录", "Log in"),
+    "login.username": ("用户名", "Username"),
+    "login.password": ("密码", "Password"),
+    "login.submit": ("登录", "Log in"),
+    "login.hint": ("默认用户名和密码都是 admin", "The default username and password are both admin"),
+    # home
+    "home.title": ("概览", "Overview"),
+    "home.keys_total": ("Key 总数", "Keys"),
+    "home.balance": ("总余额（¥）", "Total balance (¥)"),
+    "home.today_calls": ("今日调用", "Calls today"),
+    "home.today_tokens": ("今日 tokens", "Tokens today"),
+    "home.today_errors": ("今日错误", "Errors today"),
+    "home.import": ("导入 Key", "Import keys"),
+    "home.import_hint": (
+        "随意粘贴：每行一个，或用逗号、分号、空格分隔；可带引号和余额后缀。",
+        "Paste anything: one per line or separated by commas, semicolons or spaces; quotes and balance notes are fine.",
+    ),
+    "home.import_submit": ("导入并校验", "Import and check"),
+    "home.import_result": (
+        "导入 {imported} 个（其中零余额 {zero_balance} 个、未校验 {unchecked} 个），重复 {duplicates}，"
+        "格式错误 {invalid_format}，无效 {rejected}",
+        "Imported {imported} ({zero_balance} zero-balance, {unchecked} unchecked); {duplicates} duplicates, "
+        "{invalid_format} bad format, {rejected} rejected",
+    ),
+    "home.export": ("导出 Key", "Export keys"),
+    "home.export_submit": ("下载 keys.txt", "Download keys.txt"),
+    "home.format": ("格式", "Format"),
+    "home.format.lines": ("每行一个", "One per line"),
+    "home.format.comma": ("逗号分隔", "Comma-separated"),
+    "home.format.lines_with_balance": ("每行一个并带余额", "One per line with balance"),
+    "home.sort": ("排序", "Sort"),
+    "home.sort.balance_desc": ("余额从高到低", "Balance, high to low"),
+    "home.sort.balance_asc": ("余额从低到高", "Balance, low to high"),
+    "home.sort.key_asc": ("字典序", "Key, A to Z"),
+    "home.sort.key_desc": ("字典逆序", "Key, Z to A"),
+    "home.refresh": ("刷新余额", "Refresh balances"),
+    "home.refresh_hint": (
+        "逐个查询余额。只有明确的 401 才会标记失效，刷新从不删除 Key。",
+        "Checks every key. Only a definite 401 marks a key invalid; a refresh never deletes a key.",
+    ),
+    "home.refresh_submit": ("刷新全部余额", "Refresh all balances"),
+    "home.refresh_result": (
+        "已更新 {updated}（零余额 {zero_balance}），失效 {invalid}，不可达 {unreachable}；"
+        "余额 ¥{balance_before} → ¥{balance_after}",
+        "Updated {updated} ({zero_balance} zero-balance), {invalid} invalid, {unreachable} unreachable; "
+        "balance ¥{balance_before} → ¥{balance_after}",
+    ),
+    "home.clients": ("客户端配置", "Client set-up"),
+    "home.base_url": ("Base URL", "Base URL"),
+    # states
+    "state.all": ("全部", "All"),
+    "state.active": ("可用", "Active"),
+    "state.zero": ("零余额", "Zero balance"),
+    "state.disabled": ("已禁用", "Disabled"),
+    "state.invalid": ("已失效", "Invalid"),
+    "state.cooling": ("冷却中", "Cooling"),
+    "state.unchecked": ("未校验", "Unchecked"),
+    # keys
+    "keys.title": ("Key 管理", "Keys"),
+    "keys.search": ("搜索 Key 片段或 ID", "Search a key fragment or id"),
+    "keys.col.key": ("Key", "Key"),
+    "keys.col.balance": ("余额", "Balance"),
+    "keys.col.usage": ("使用次数", "Uses"),
+    "keys.col.state": ("状态", "State"),
+    "keys.col.added": ("添加时间", "Added"),
+    "keys.col.last_used": ("最近使用", "Last used"),
+    "keys.col.last_error": ("最近错误", "Last error"),
+    "keys.col.actions": ("操作", "Actions"),
+    "keys.enable": ("启用", "Enable"),
+    "keys.disable": ("禁用", "Disable"),
+    "keys.refresh": ("刷新", "Refresh"),
+    "keys.delete": ("删除", "Delete"),
+    "keys.selected": ("已选 {n} 个", "{n} selected"),
+    "keys.confirm_delete": ("确定删除 {n} 个 Key？此操作不可恢复。", "Delete {n} key(s)? This cannot be undone."),
+    "keys.deleted": ("已删除 {n} 个", "Deleted {n}"),
+    "keys.changed": ("已更新 {n} 个", "Changed {n}"),
+    "keys.empty": ("没有符合条件的 Key", "No keys match"),
+    # models
+    "models.title": ("模型", "Models"),
+    "models.filter": ("筛选模型", "Filter models"),
+    "models.free": ("免费", "Free"),
+    "models.reload": ("从上游重新获取", "Reload from upstream"),
+    "models.count": ("共 {n} 个模型", "{n} models"),
+    "type.text": ("文本", "Text"),
+    "type.image": ("图像", "Image"),
+    "type.audio": ("音频", "Audio"),
+    "type.video": ("视频", "Video"),
+    "type.other": ("其他", "Other"),
+    # logs
+    "logs.title": ("调用日志", "Call log"),
+    "logs.model": ("模型", "Model"),
+    "logs.endpoint": ("接口", "Endpoint"),
+    "logs.status": ("状态", "Status"),
+    "logs.status.ok": ("成功", "Success"),
+    "logs.status.error": ("失败", "Error"),
+    "logs.since": ("开始日期", "From"),
+    "logs.until": ("结束日期", "Until"),
+    "logs.clear": ("清空日志", "Clear logs"),
+    "logs.confirm_clear": ("确定清空全部日志？", "Clear the whole call log?"),
+    "logs.col.time": ("时间", "Time"),
+    "logs.col.key": ("Key", "Key"),
+    "logs.col.tokens": ("tokens（输入/输出）", "Tokens (in/out)"),
+    "logs.col.latency": ("耗时", "Latency"),
+    "logs.col.error": ("错误", "Error"),
+    "logs.stream": ("流式", "stream"),
+    "logs.empty": ("暂无日志", "No calls logged"),
+    # stats
+    "stats.title": ("调用统计", "Usage statistics"),
+    "stats.day": ("按小时（当天）", "Per hour (day)"),
+    "stats.month": ("按天（当月）", "Per day (month)"),
+    "stats.date": ("日期", "Date"),
+    "stats.calls": ("调用次数", "Calls"),
+    "stats.errors": ("错误", "Errors"),
+    "stats.prompt": ("输入 tokens", "Prompt tokens"),
+    "stats.completion": ("输出 tokens", "Completion tokens"),
+    "stats.per_model": ("各模型 tokens", "Tokens per model"),
+    "stats.tokens": ("tokens", "Tokens"),
+    "stats.time": ("时间", "Time"),
+    "stats.model": ("模型", "Model"),
+    "stats.no_chart": (
+        "图表库未能加载，以下为表格数据。",
+        "The chart library could not load; the figures are shown as tables.",
+    ),
+    "stats.tables": ("数据表", "Data tables"),
+    # settings
+    "settings.title": ("设置", "Settings"),
+    "settings.proxy": ("转发", "Proxy"),
+    "settings.save": ("保存设置", "Save settings"),
+    "settings.generate": ("生成", "Generate"),
+    "settings.account": ("管理员账号", "Admin account"),
+    "settings.current_password": ("当前密码", "Current password"),
+    "settings.new_username": ("新用户名（可留空）", "New username (optional)"),
+    "settings.new_password": ("新密码（至少 6 位）", "New password (6+ characters)"),
+    "settings.change_account": ("修改账号", "Change account"),
+    "set.strategy": ("Key 选择策略", "Key strategy"),
+    "set.api_token": ("访问令牌（留空则不校验）", "API token (empty accepts anyone)"),
+    "set.free_token": ("免费模型令牌（只用零余额 Key）", "Free token (zero-balance keys only)"),
+    "set.free_models": ("免费模型（每行一个，优先用零余额 Key）", "Free models (one a line; zero-balance keys first)"),
+    "set.max_attempts": ("每个请求最多尝试的 Key 数", "Keys tried per request"),
+    "set.cooldown_seconds": ("出错 Key 冷却秒数", "Cooldown for a failing key (s)"),
+    "set.connect_timeout": ("连接超时（秒）", "Connect timeout (s)"),
+    "set.read_timeout": ("读取超时（两次读取间最长静默，秒）", "Read timeout (longest silence, s)"),
+    "set.max_body_mb": ("请求体上限（MB）", "Largest request body (MB)"),
+    "set.check_concurrency": ("余额检查并发数", "Balance checks at once"),
+    "set.refresh_interval_minutes": ("自动刷新余额间隔（分钟，0 为关闭）", "Refresh balances every (min, 0 = off)"),
+    "set.upstream": ("上游地址（含 /v1）", "Upstream base URL (with /v1)"),
+    "set.chartjs_url": ("Chart.js 地址（可改为本地）", "Chart.js URL (may point to a local copy)"),
+}
+
+# What the page scripts need, beside the labels they find in the page.
+_SCRIPT_GROUPS = ("common", "state", "keys", "home", "logs", "models", "type", "stats")
+_SCRIPT_KEYS = tuple(k for k in TEXT if k.split(".")[0] in _SCRIPT_GROUPS)
+
+
+def language(request: web.Request) -> str:
+    lang = request.cookies.get("lang", "zh")
+    return lang if lang in LANGS else "zh"
+
+
+def translator(lang: str) -> Callable[..., str]:
+    """`t(key, **values)` for templates."""
+    column = LANGS.index(lang)
+
+    def t(key: str, **values: object) -> str:
+        text = TEXT[key][column] if key in TEXT else key
+        return text.format(**values) if values else text
+
+    return t
+
+
+def script_messages(lang: str) -> dict[str, str]:
+    column = LANGS.index(lang)
+    return {k: TEXT[k][column] for k in _SCRIPT_KEYS}

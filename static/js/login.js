@@ -1,0 +1,26 @@
+// Login: post the form, then go back to the page that was asked for (same site only).
+"use strict";
+
+const form = document.getElementById("login-form");
+const error = document.getElementById("login-error");
+
+function nextPage() {
+  const next = new URLSearchParams(location.search).get("next") || "/";
+  return next.startsWith("/") && !next.startsWith("//") && !next.startsWith("/\\") ? next : "/";
+}
+
+form.addEventListener("submit", async (event) => {
+  event.preventDefault();
+  error.hidden = true;
+  const button = form.querySelector("button[type=submit]");
+  button.disabled = true;
+  try {
+    await api("POST", "/api/login", { username: form.username.value, password: form.password.value });
+    location.href = nextPage();
+  } catch (failure) {
+    error.textContent = failure.message;
+    error.hidden = false;
+  } finally {
+    button.disabled = false;
+  }
+});
