@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import ipaddress
 import logging
 from collections.abc import AsyncIterator
@@ -62,6 +63,8 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
             await settings.update({"upstream": config.upstream})
         pool = KeyPool(settings.strategy, on_change=store.save_key)
         pool.add_many(await store.load_keys())
+        gc.collect()
+        gc.freeze()  # the loaded pool is long-lived: keep it out of every later collection
         settings.subscribe(lambda changed: pool.set_strategy(settings.strategy) if "strategy" in changed else None)
         app[STORE], app[SETTINGS], app[POOL] = store, settings, pool
         app[ACCOUNT] = await load_account(store)
@@ -116,7 +119,7 @@ async def forward(request: web.Request) -> web.StreamResponse:
 async def healthz(request: web.Request) -> web.Response:
     """For monitors: can the pool serve? No secrets, no login."""
     pool = request.app[POOL]
-    usable = pool.tier_size(PAID) + pool.tier_size(FREE)
+    usable = pool.usable()
     return web.json_response(
         {"status": "ok" if usable else "no_usable_keys", "keys": len(pool), "usable": usable},
         status=200 if usable else 503,

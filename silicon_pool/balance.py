@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import math
 from dataclasses import dataclass
 
 import aiohttp
@@ -43,6 +44,8 @@ def _parse_user_info(body: bytes) -> Check:
     try:
         data = orjson.loads(body)["data"]
         balance = float(data["totalBalance"])
+        if not math.isfinite(balance):
+            raise ValueError(balance)
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
         raise _Retry("unreadable /user/info answer") from None
     account = data.get("id")

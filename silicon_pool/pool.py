@@ -38,6 +38,7 @@ class Key:
         "inflight",
         "last_error",
         "last_used_at",
+        "queued",
         "secret",
         "state",
         "tier",
@@ -70,6 +71,7 @@ class Key:
         self.last_error = last_error
         self.account_id = account_id
         self.inflight = 0
+        self.queued = False  # waiting in the writer's queue: further changes ride along
         self.cool_until = 0.0
         self.tier: int | None = None
         self._pos = 0
@@ -95,6 +97,10 @@ class Key:
         return f"Key(id={self.id}, {self.masked}, {self.status()})"
 
 
+def _tier_of(key: Key) -> int:
+    return FREE if key.balance is not None and key.balance <= 0 else PAID
+
+
 @dataclass(frozen=True, slots=True)
 class Unavailable:
     """Why no key could be picked, for the 503 the client gets."""
@@ -111,7 +117,8 @@ class KeyPool:
         self.by_secret: dict[str, Key] = {}
         self.strategy = strategy
         self._indexes: tuple[Index, Index] = (make_index(strategy), make_index(strategy))
-        self._cooling: list[tuple[float, int]] = []
+        # Per tier, (cool_until, id) of keys resting; entries of keys since changed are skipped lazily.
+        self._cooling: tuple[list[tuple[float, int]], list[tuple[float, int]]] = ([], [])
         self._on_change = on_change
 
     def __len__(self) -> int:
@@ -152,17 +159,19 @@ class KeyPool:
             self._place(key)
 
     def _place(self, key: Key) -> None:
-        """Put `key` in the index its state calls for (or in none, once it was removed from the pool)."""
-        if (
-            self.keys.get(key.id) is not key
-            or not key.enabled
-            or key.state == INVALID
-            or key.cool_until > time.monotonic()
-        ):
-            tier = None
-        else:
-            tier = FREE if key.balance is not None and key.balance <= 0 else PAID
+        """Put `key` in the index its state calls for (or in none, once it was removed from the pool).
+
+        A resting key is (re)entered in its tier's cooling heap, so `revive` finds it whatever
+        changed meanwhile; duplicate entries are harmless."""
+        tier: int | None = None
+        if self.keys.get(key.id) is key:
+            if key.cool_until > time.monotonic():
+                heapq.heappush(self._cooling[_tier_of(key)], (key.cool_until, key.id))
+            elif key.enabled and key.state != INVALID:
+                tier = _tier_of(key)
         if tier == key.tier:
+            if tier is not None:  # same tier, but the balance (say) may have moved it within the index
+                self._indexes[tier].rescore(key)
             return
         if key.tier is not None:
             self._indexes[key.tier].discard(key)
@@ -174,8 +183,7 @@ class KeyPool:
 
     def acquire(self, tiers: tuple[int, ...], exclude: tuple[int, ...] = ()) -> Key | None:
         """Pick a key from the first tier that has one, skipping ids in `exclude`, and count its use."""
-        if self._cooling and self._cooling[0][0] <= time.monotonic():
-            self._revive()
+        self.revive()
         for tier in tiers:
             index = self._indexes[tier]
             key = index.pick()
@@ -210,15 +218,39 @@ class KeyPool:
             for key in held:
                 index.add(key)
 
-    def _revive(self) -> None:
+    def revive(self) -> None:
+        """Put keys whose cooldown is over back in their index."""
         now = time.monotonic()
-        while self._cooling and self._cooling[0][0] <= now:
-            _, key_id = heapq.heappop(self._cooling)
-            key = self.keys.get(key_id)
-            if key is not None and key.cool_until <= now:
-                self._place(key)
+        for heap in self._cooling:
+            while heap and heap[0][0] <= now:
+                _, key_id = heapq.heappop(heap)
+                key = self.keys.get(key_id)
+                if key is not None and key.cool_until <= now:
+                    self._place(key)
+
+    def usable(self) -> int:
+        """Keys that can be picked right now, in either tier."""
+        self.revive()
+        return len(self._indexes[PAID]) + len(self._indexes[FREE])
 
     # -- what upstream answers do to a key -----------------------------------------------------
+
+    def _next_cool_end(self, tier: int) -> float | None:
+        """When the first key of `tier` that is only resting comes back (stale entries dropped)."""
+        heap = self._cooling[tier]
+        while heap:
+            until, key_id = heap[0]
+            key = self.keys.get(key_id)
+            if (
+                key is not None
+                and key.cool_until == until
+                and key.enabled
+                and key.state != INVALID
+                and _tier_of(key) == tier
+            ):
+                return until
+            heapq.heappop(heap)  # stale: `_place` enters the key again if it still rests
+        return None
 
     def mark_invalid(self, key: Key, error: str) -> None:
         """The upstream said 401: keep the key, never pick it again until a refresh revives it."""
@@ -239,7 +271,6 @@ class KeyPool:
         key.last_error = error
         if seconds > 0:
             key.cool_until = time.monotonic() + seconds
-            heapq.heappush(self._cooling, (key.cool_until, key.id))
             self._place(key)
         self._on_change(key)
 
@@ -258,9 +289,10 @@ class KeyPool:
         """Why `acquire(tiers)` found nothing (the earliest cooldown gives Retry-After)."""
         if not self.keys:
             return Unavailable("No API keys in the pool: import some in the admin (池中没有 Key，请先导入)", None)
-        self._revive()
-        if self._cooling:
-            wait = max(1, math.ceil(self._cooling[0][0] - time.monotonic()))
+        self.revive()
+        waits = [until for tier in tiers if (until := self._next_cool_end(tier)) is not None]
+        if waits:
+            wait = max(1, math.ceil(min(waits) - time.monotonic()))
             return Unavailable(
                 f"All usable keys are cooling down after upstream errors; retry in {wait}s (所有可用 Key 正在冷却)",
                 wait,

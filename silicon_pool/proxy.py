@@ -32,7 +32,6 @@ log = logging.getLogger(__name__)
 warnings.filterwarnings("ignore", "Sending a large body directly", ResourceWarning)
 
 UPSTREAM_FAILURES = (aiohttp.ClientError, TimeoutError)
-CLIENT_GONE = (ConnectionResetError, asyncio.CancelledError)
 CORS = {
     "Access-Control-Allow-Origin": "*",
     "Access-Control-Allow-Methods": "GET, POST, PUT, PATCH, DELETE, OPTIONS",
@@ -203,7 +202,7 @@ class Proxy:
         self, request: web.Request, call: _Call, endpoint: Endpoint, body: bytes, tiers: tuple[int, ...]
     ) -> web.StreamResponse:
         headers = {k: v for k, v in request.headers.items() if k.lower() not in DROP_FROM_CLIENT}
-        url = URL(self._base + request.raw_path[3:], encoded=True)
+        url = URL(self._base + request.rel_url.raw_path_qs[3:], encoded=True)
         settings, pool = self.settings, self.pool
         failures: list[str] = []
         cooled = False
@@ -231,14 +230,16 @@ class Proxy:
                     return await self._relay(request, upstream, key, call, endpoint)
                 answer = await upstream.read()
                 outcome = classify(upstream.status, answer)
-                if outcome is Outcome.CLIENT or (
-                    outcome is Outcome.NO_BALANCE and key.tier == FREE and call.model not in settings.free_model_set
-                ):
+                zero_balance_refused = outcome is Outcome.NO_BALANCE and key.tier == FREE
+                if outcome is Outcome.CLIENT or (zero_balance_refused and call.model not in settings.free_model_set):
                     # The request is wrong (or asks a zero-balance key for a paid model): no key would help.
                     self._log(call, upstream.status, key, error=describe(upstream.status, answer))
                     return web.Response(status=upstream.status, body=answer, headers=self._reply_headers(upstream))
                 failures.append(describe(upstream.status, answer))
                 cooled |= self._penalise(key, outcome, failures[-1])
+                if zero_balance_refused:
+                    # Zero-balance keys refuse even free models now: spend the other attempts on keys with balance.
+                    tiers = tuple(t for t in tiers if t != FREE)
             except UPSTREAM_FAILURES as exc:  # the answer broke before a byte reached the client
                 failures.append(describe_exception(exc))
                 pool.cool(key, settings.cooldown_seconds, failures[-1])
@@ -304,6 +305,7 @@ class Proxy:
             response.headers.update(SSE_HEADERS)
         call.stream = True
         status, error, first_byte = upstream.status, None, None
+        # From here on the answer is the client's: whatever breaks, no other key is tried.
         try:
             await response.prepare(request)
             while chunk:
@@ -313,9 +315,12 @@ class Proxy:
                 if first_byte is None:
                     first_byte = time.monotonic()
                 chunk = await upstream.content.readany()
-        except CLIENT_GONE:
+            await response.write_eof()
+        except asyncio.CancelledError:
             status, error = 499, "client disconnected"
             raise
+        except ConnectionResetError:  # a write to a client that left (before the upstream failures:
+            status, error = 499, "client disconnected"  # aiohttp's reset error is both kinds)
         except UPSTREAM_FAILURES as exc:
             error = describe_exception(exc)
             self.pool.note_error(key, error)
@@ -323,8 +328,6 @@ class Proxy:
                 await self._end_stream_with_error(response, sse, error)
             elif request.transport is not None:  # a cut binary body can only be signalled by closing
                 request.transport.close()
-        else:
-            await response.write_eof()
         finally:
             self._log(call, status, key, first_byte, sse.result() if sse is not None else NO_USAGE, error)
         return response

@@ -1,7 +1,7 @@
 """SQLite storage with one writer thread: the request path only drops items on a queue.
 
 Two kinds of items reach the writer. Telemetry (a changed `Key`, a call-log row) is batched
-and committed at least every `FLUSH_SECONDS`, with per-hour usage totals kept up to date in
+and committed at least every `FLUSH_SECONDS`, with per-hour usage totals summed by SQLite in
 the same transaction so stats never scan the log. Jobs (imports, deletes, settings) are
 callables run in their own transaction; their caller awaits the commit. Reads run on a small
 pool of reader threads with their own connections (WAL lets them run beside the writer).
@@ -119,9 +119,13 @@ _UPDATE_KEY = (
     "UPDATE keys SET balance=?, usage_count=?, enabled=?, state=?, last_used_at=?, last_error=?, account_id=?"
     " WHERE id=?"
 )
+# Per-hour totals of the rows just inserted, summed by SQLite itself.
 _UPSERT_HOURLY = """
 INSERT INTO usage_hourly (hour, model, endpoint, calls, errors, prompt_tokens, completion_tokens, total_tokens, images)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+SELECT CAST(ts / 3600 AS INTEGER) * 3600, COALESCE(model, ''), endpoint, COUNT(*),
+       SUM(status >= 400 OR error IS NOT NULL), SUM(prompt_tokens), SUM(completion_tokens),
+       SUM(total_tokens), SUM(images)
+FROM calls WHERE id > ? GROUP BY 1, 2, 3
 ON CONFLICT (hour, model, endpoint) DO UPDATE SET
     calls = calls + excluded.calls, errors = errors + excluded.errors,
     prompt_tokens = prompt_tokens + excluded.prompt_tokens,
@@ -147,6 +151,7 @@ def connect(path: Path) -> sqlite3.Connection:
 
 
 def _key_row(key: Key) -> tuple[Any, ...]:
+    key.queued = False  # first: a change made while the row is read queues the key again
     return (
         key.balance,
         key.usage_count,
@@ -157,20 +162,6 @@ def _key_row(key: Key) -> tuple[Any, ...]:
         key.account_id,
         key.id,
     )
-
-
-def _hourly_rows(records: list[CallRecord]) -> list[tuple[Any, ...]]:
-    """Sum a batch of calls per (hour, model, endpoint) so the stats table takes one upsert each."""
-    totals: dict[tuple[int, str, str], list[int]] = {}
-    for r in records:
-        row = totals.setdefault((int(r.ts // 3600 * 3600), r.model or "", r.endpoint), [0, 0, 0, 0, 0, 0])
-        row[0] += 1
-        row[1] += r.status >= 400 or r.error is not None
-        row[2] += r.prompt_tokens
-        row[3] += r.completion_tokens
-        row[4] += r.total_tokens
-        row[5] += r.images
-    return [(*group, *sums) for group, sums in totals.items()]
 
 
 class Store:
@@ -242,8 +233,10 @@ class Store:
     # -- the request path: enqueue only -------------------------------------------------------
 
     def save_key(self, key: Key) -> None:
-        """Persist `key`'s counters and state with the next batch."""
-        self._queue.put(key)
+        """Persist `key`'s counters and state with the next batch (queued once until written)."""
+        if not key.queued:
+            key.queued = True
+            self._queue.put(key)
 
     def log_call(self, record: CallRecord) -> None:
         self._queue.put(record)
@@ -343,10 +336,11 @@ class Store:
             if keys:
                 conn.executemany(_UPDATE_KEY, [_key_row(k) for k in keys.values()])
             if calls:
+                last_id = conn.execute("SELECT COALESCE(MAX(id), 0) FROM calls").fetchone()[0]
                 conn.executemany(_INSERT_CALL, calls)
-                conn.executemany(_UPSERT_HOURLY, _hourly_rows(calls))
+                conn.execute(_UPSERT_HOURLY, (last_id,))
             conn.execute("COMMIT")
-        except sqlite3.Error:
+        except Exception:  # the writer must outlive any bad batch (a full disk, an absurd value)
             log.exception("could not save %d key updates and %d call-log rows", len(keys), len(calls))
             if conn.in_transaction:
                 conn.execute("ROLLBACK")

@@ -25,7 +25,8 @@ HOP_BY_HOP = frozenset(
         "upgrade",
     }
 )
-DROP_FROM_CLIENT = HOP_BY_HOP | {"host", "authorization", "content-length", "accept-encoding", "cookie"}
+# The body is already read, so a client's `Expect: 100-continue` must not make aiohttp wait for a 100.
+DROP_FROM_CLIENT = HOP_BY_HOP | {"host", "authorization", "content-length", "accept-encoding", "cookie", "expect"}
 DROP_FROM_UPSTREAM = HOP_BY_HOP | {"content-length", "content-encoding", "set-cookie", "server", "date"}
 
 

@@ -36,26 +36,36 @@ def _object_after(body: bytes | bytearray, name: bytes) -> dict | None:
             i += 1
             while i < len(body) and body[i] in _SPACE:
                 i += 1
-            if i < len(body) and body[i] == 0x7B:  # '{': usage objects hold no strings with braces
-                depth, j = 0, i
-                while j < len(body):
-                    c = body[j]
-                    if c == 0x7B:
-                        depth += 1
-                    elif c == 0x7D:
-                        depth -= 1
-                        if depth == 0:
-                            try:
-                                value = orjson.loads(bytes(body[i : j + 1]))
-                            except orjson.JSONDecodeError:
-                                break
-                            return value if isinstance(value, dict) else None
-                    j += 1
+            if i < len(body) and body[i] == 0x7B:  # '{'
+                end = _closing_brace(body, i)
+                if end > 0:
+                    try:
+                        value = orjson.loads(bytes(body[i : end + 1]))
+                    except orjson.JSONDecodeError:
+                        continue
+                    if isinstance(value, dict):
+                        return value
     return None
 
 
+def _closing_brace(body: bytes | bytearray, start: int) -> int:
+    """Index of the `}` closing the `{` at `start`, or -1; usage objects hold no strings with braces,
+    so counting braces between closers (all in C) is enough."""
+    depth, pos = 1, start + 1
+    while depth:
+        close = body.find(b"}", pos)
+        if close < 0:
+            return -1
+        depth += body.count(b"{", pos, close) - 1
+        pos = close + 1
+    return pos - 1
+
+
+_MAX_TOKENS = 2**53  # beyond any real count, and within what SQLite stores
+
+
 def _int(value: object) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+    return min(max(value, 0), _MAX_TOKENS) if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
 def token_usage(body: bytes | bytearray) -> Usage:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import aiohttp
 import openai
 import pytest
@@ -226,3 +228,60 @@ async def test_failure_before_first_byte_fails_over(proxy: Running, fake: FakeUp
             pass
     assert caught.value.status_code == 503
     assert key.status() == "cooling"
+
+
+async def test_zero_balance_refusals_leave_attempts_for_keys_with_balance(proxy: Running, fake: FakeUpstream) -> None:
+    fake.zero_balance_free_ok = False
+    zeros = paid_keys(fake, 6, balance="0", seed="zero")
+    [paid] = paid_keys(fake, 1)
+    await proxy.add_keys(*((s, 0.0) for s in zeros), (paid, 5.0))
+    answer = await proxy.openai().chat.completions.create(model="Qwen/Qwen2.5-7B-Instruct", messages=MESSAGES)
+    assert answer.choices[0].message.content
+    assert [r.key for r in fake.requests][-1] == paid and len(fake.requests) == 2
+
+
+async def test_client_leaving_mid_stream_is_not_blamed_on_the_key(proxy: Running, fake: FakeUpstream) -> None:
+    fake.stream_chunks = 8
+    fake.chunk_delay = 0.1
+    a, b = paid_keys(fake, 2)
+    key_a, key_b = await proxy.add_keys((a, 10.0), (b, 10.0))
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.server.port)
+    body = b'{"model": "deepseek-ai/DeepSeek-V3", "messages": [{"role": "user", "content": "x"}], "stream": true}'
+    writer.write(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+    )
+    await reader.read(200)
+    writer.write_eof()  # a half-close, then gone
+    writer.close()
+    rows = []
+    async with asyncio.timeout(5):
+        while not rows:
+            await asyncio.sleep(0.05)
+            rows = await proxy.calls()
+    assert rows[0]["status"] == 499
+    assert len(fake.requests) == 1  # no second key was spent on a client that left
+    assert key_a.status() == key_b.status() == "active"
+    assert key_a.inflight == key_b.inflight == 0
+
+
+async def test_expect_continue_is_not_forwarded(
+    proxy: Running, fake: FakeUpstream, http: aiohttp.ClientSession
+) -> None:
+    [secret] = paid_keys(fake, 1)
+    await proxy.add_keys((secret, 10.0))
+    body = {"model": CHAT, "messages": MESSAGES}
+    async with http.post(f"{proxy.base}/v1/chat/completions", json=body, expect100=True) as resp:
+        assert resp.status == 200
+    assert "expect" not in fake.requests[-1].headers
+
+
+async def test_absolute_form_request_line_goes_to_the_same_path(proxy: Running, fake: FakeUpstream) -> None:
+    [secret] = paid_keys(fake, 1)
+    await proxy.add_keys((secret, 10.0))
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.server.port)
+    writer.write(b"GET http://evil.example/v1/models?x=1 HTTP/1.1\r\nHost: evil.example\r\nConnection: close\r\n\r\n")
+    answer = await reader.read()
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 200")
+    assert fake.requests[-1].path == "/v1/models"

@@ -199,3 +199,38 @@ def test_repr_and_mask_never_show_the_whole_key() -> None:
     secret = make_key("secret")
     key = Key(1, secret, added_at=1.0)
     assert secret not in repr(key) and key.masked == f"{secret[:7]}…{secret[-4:]}"
+
+
+def test_balance_change_reorders_within_the_tier() -> None:
+    pool = make_pool("balance_high", [100.0, 50.0])
+    assert picks(pool, 1) == [1]
+    pool.set_balance(pool.keys[1], 1.0)
+    assert picks(pool, 1) == [2]
+
+
+def test_a_resting_key_disabled_and_enabled_again_still_comes_back() -> None:
+    pool = make_pool("random", [1.0, 0.0])
+    key = pool.keys[1]
+    pool.cool(key, 0.05, "HTTP 429")
+    pool.set_enabled(key, False)
+    assert pool.unavailable(BOTH).retry_after is None  # a disabled key is not "cooling" for a 503
+    pool.set_enabled(key, True)
+    pool.set_balance(pool.keys[2], 3.0)
+    time.sleep(0.06)
+    assert set(picks(pool, 20)) == {1, 2}
+
+
+def test_unavailable_speaks_of_the_tiers_asked_for() -> None:
+    pool = make_pool("random", [5.0])
+    pool.cool(pool.keys[1], 30, "HTTP 429")
+    assert pool.unavailable((FREE,)).retry_after is None  # no zero-balance key at all
+    assert "cooling" in pool.unavailable((PAID,)).message
+    assert pool.usable() == 0
+
+
+def test_usable_counts_keys_whose_rest_is_over() -> None:
+    pool = make_pool("random", [5.0])
+    pool.cool(pool.keys[1], 0.02, "HTTP 429")
+    assert pool.usable() == 0
+    time.sleep(0.03)
+    assert pool.usable() == 1

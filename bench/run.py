@@ -1,0 +1,447 @@
+"""Run every benchmark scenario side by side and print a table of figures and ratios.
+
+    python bench/run.py              # the full run (about 6 minutes on 2 cores)
+    python bench/run.py --duration 3 # shorter load phases
+
+Everything runs on 127.0.0.1: a fast fake upstream (bench/upstream.py), the bare reference
+proxy (bench/bare_proxy.py), silicon-pool itself (`python run.py`), and wrk as the load
+generator (Debian package `wrk`; an aiohttp client measures the slow streams).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import orjson
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from silicon_pool.crypto import Secrets, ensure_private_dir  # noqa: E402
+from silicon_pool.store import Store  # noqa: E402
+
+TOKEN = "bench-token"
+CHAT = {"model": "bench/model", "messages": [{"role": "user", "content": "hello"}]}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Proc:
+    name: str
+    popen: subprocess.Popen[bytes]
+    port: int
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def peak_mb(self) -> float:
+        status = Path(f"/proc/{self.popen.pid}/status").read_text()
+        return int(re.search(r"VmHWM:\s+(\d+)", status).group(1)) / 1024  # type: ignore[union-attr]
+
+    def stop(self) -> None:
+        self.popen.send_signal(signal.SIGINT)
+        try:
+            self.popen.wait(10)
+        except subprocess.TimeoutExpired:
+            self.popen.kill()
+
+
+def wait_until_up(url: str, timeout: float = 30) -> float:
+    """Seconds until `url` answers (any status)."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        try:
+            with socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1].split("/")[0])), 0.2):
+                pass
+        except OSError:
+            time.sleep(0.02)
+            continue
+        return time.monotonic() - start
+    raise RuntimeError(f"{url} did not come up")
+
+
+def spawn(name: str, *argv: str, port: int) -> Proc:
+    popen = subprocess.Popen([sys.executable, *argv], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = Proc(name, popen, port)
+    wait_until_up(proc.base)
+    return proc
+
+
+def seed(data_dir: Path, keys: int, *, upstream: str) -> None:
+    """A data dir with `keys` keys and every feature on (api_token set)."""
+    ensure_private_dir(data_dir)
+    store = Store(data_dir, Secrets(data_dir))
+    store.open()
+
+    async def fill() -> None:
+        for start in range(0, keys, 5000):
+            await store.insert_keys(
+                (f"sk-{i:048d}", 10.0, "active", None) for i in range(start, min(keys, start + 5000))
+            )
+        await store.save_settings({"api_token": TOKEN, "upstream": upstream})
+
+    asyncio.run(fill())
+    store.close()
+
+
+def seed_calls(data_dir: Path, rows: int) -> None:
+    """`rows` call-log rows over the last 30 days, and their hourly totals, written by SQLite itself."""
+    conn = sqlite3.connect(data_dir / "pool.db")
+    now = time.time()
+    with conn:
+        conn.execute(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?) "
+            "INSERT INTO calls (ts, endpoint, model, key_id, status, attempts, latency_ms, ttfb_ms, prompt_tokens,"
+            " completion_tokens, total_tokens, images, stream, caller, error) "
+            "SELECT ? - (i * 2592000.0 / ?), CASE i % 3 WHEN 0 THEN 'embeddings' ELSE 'chat/completions' END,"
+            " 'model/' || (i % 7), 1 + i % 10, CASE WHEN i % 50 = 0 THEN 429 ELSE 200 END, 1, 100 + i % 900, 50,"
+            " 12, 20, 32, 0, i % 2, 'main', CASE WHEN i % 50 = 0 THEN 'rate limited' END FROM n",
+            (rows, now, rows),
+        )
+        conn.execute(
+            "INSERT INTO usage_hourly SELECT CAST(ts / 3600 AS INTEGER) * 3600, COALESCE(model, ''), endpoint,"
+            " COUNT(*), SUM(status >= 400), SUM(prompt_tokens), SUM(completion_tokens), SUM(total_tokens), 0"
+            " FROM calls WHERE true GROUP BY 1, 2, 3"
+        )
+    conn.close()
+
+
+@contextmanager
+def silicon_pool(data_dir: Path, upstream: str) -> Iterator[tuple[Proc, float]]:
+    port = free_port()
+    started = time.monotonic()
+    popen = subprocess.Popen(
+        [
+            sys.executable,
+            "run.py",
+            "--port",
+            str(port),
+            "--data-dir",
+            str(data_dir),
+            "--upstream",
+            upstream,
+            "--log-level",
+            "WARNING",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    proc = Proc("silicon-pool", popen, port)
+    while True:  # up when /healthz answers, i.e. the pool is loaded and the port bound
+        try:
+            with socket.create_connection(("127.0.0.1", port), 0.2) as s:
+                s.sendall(b"GET /healthz HTTP/1.0\r\n\r\n")
+                if s.recv(100).startswith(b"HTTP/"):
+                    break
+        except OSError:
+            pass
+        if time.monotonic() - started > 60:
+            raise RuntimeError("silicon-pool did not start")
+        time.sleep(0.01)
+    try:
+        yield proc, time.monotonic() - started
+    finally:
+        proc.stop()
+
+
+# -- load --------------------------------------------------------------------------------------
+
+
+@dataclass
+class Load:
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+
+
+def _ms(text: str) -> float:
+    value, unit = re.fullmatch(r"([\d.]+)(us|ms|s)", text).groups()  # type: ignore[union-attr]
+    return float(value) * {"us": 0.001, "ms": 1, "s": 1000}[unit]
+
+
+def wrk(url: str, connections: int, seconds: int, stream: bool, scripts: Path) -> Load:
+    script = scripts / ("stream.lua" if stream else "chat.lua")
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), url],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    p50 = _ms(re.search(r"50%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    p99 = _ms(re.search(r"99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    return Load(rps, p50, p99, (int(bad.group(1)) if bad else 0) + (sum(map(int, errors.groups())) if errors else 0))
+
+
+def write_scripts(folder: Path) -> None:
+    for name, body in (("chat.lua", CHAT), ("stream.lua", {**CHAT, "stream": True})):
+        (folder / name).write_text(
+            'wrk.method = "POST"\n'
+            f"wrk.body = '{orjson.dumps(body).decode()}'\n"
+            'wrk.headers["Content-Type"] = "application/json"\n'
+            f'wrk.headers["Authorization"] = "Bearer {TOKEN}"\n'
+        )
+
+
+async def slow_streams(url: str, streams: int, delay: float) -> list[float]:
+    """Open `streams` streams at once; return each chunk's transit time (ms) from the upstream's stamp."""
+    transit: list[float] = []
+    body = orjson.dumps({**CHAT, "stream": True})
+    headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json", "X-Bench-Delay": str(delay)}
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=120)) as session:
+
+        async def one() -> None:
+            async with session.post(url, data=body, headers=headers) as resp:
+                buffer = b""
+                async for chunk in resp.content.iter_any():
+                    now = time.monotonic()
+                    buffer += chunk
+                    *events, buffer = buffer.split(b"\n\n")
+                    for event in events:
+                        if event.startswith(b"data: {"):
+                            transit.append((now - orjson.loads(event[6:])["t"]) * 1000)
+
+        await asyncio.gather(*(one() for _ in range(streams)))
+    return transit
+
+
+def percentile(values: list[float], share: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(share * len(ordered)))] if ordered else float("nan")
+
+
+# -- admin API timing --------------------------------------------------------------------------
+
+
+async def admin_timings(base: str, repeat: int = 10) -> dict[str, float]:
+    jar = aiohttp.CookieJar(unsafe=True)
+    async with aiohttp.ClientSession(base_url=base, cookie_jar=jar) as http:
+        async with http.post("/api/login", json={"username": "admin", "password": "admin"}) as resp:
+            assert resp.status == 200
+        timings = {}
+        for name, path in (
+            ("stats API (month)", "/api/stats?range=month"),
+            ("stats API (day)", "/api/stats?range=day"),
+            ("logs page 1", "/api/logs?page=1&page_size=50"),
+            ("logs page, model filter", "/api/logs?page=3&page_size=50&model=model%2F3"),
+            ("summary", "/api/summary"),
+        ):
+            best = []
+            for _ in range(repeat):
+                start = time.perf_counter()
+                async with http.get(path) as resp:
+                    await resp.read()
+                    assert resp.status == 200, path
+                best.append((time.perf_counter() - start) * 1000)
+            timings[name] = percentile(best, 0.5)
+        return timings
+
+
+async def import_keys(base: str, count: int) -> tuple[float, dict]:
+    jar = aiohttp.CookieJar(unsafe=True)
+    async with aiohttp.ClientSession(base_url=base, cookie_jar=jar) as http:
+        async with http.post("/api/login", json={"username": "admin", "password": "admin"}) as resp:
+            assert resp.status == 200
+        paste = "\n".join(f"sk-{'import'}{i:042d}" for i in range(count))
+        start = time.monotonic()
+        async with http.post("/api/keys/import", json={"keys": paste}) as resp:
+            job_id = (await resp.json())["job_id"]
+        while True:
+            async with http.get(f"/api/jobs/{job_id}") as resp:
+                job = await resp.json()
+            if job["state"] != "running":
+                return time.monotonic() - start, job
+            await asyncio.sleep(0.2)
+
+
+async def set_strategy(base: str, strategy: str) -> None:
+    jar = aiohttp.CookieJar(unsafe=True)
+    async with aiohttp.ClientSession(base_url=base, cookie_jar=jar) as http:
+        async with http.post("/api/login", json={"username": "admin", "password": "admin"}) as resp:
+            assert resp.status == 200
+        async with http.patch("/api/settings", json={"strategy": strategy}) as resp:
+            assert resp.status == 200
+
+
+# -- the run -----------------------------------------------------------------------------------
+
+
+def table(title: str, header: list[str], rows: list[list[str]]) -> None:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    print(f"\n### {title}\n")
+    print("| " + " | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)) + " |")
+    print("| " + " | ".join("-" * w for w in widths) + " |")
+    for row in rows:
+        print("| " + " | ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)) + " |")
+    sys.stdout.flush()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--duration", type=int, default=8, help="seconds of each load phase (default 8)")
+    parser.add_argument("--keys", type=int, default=100_000, help="keys for the large-pool scenarios")
+    parser.add_argument("--log-rows", type=int, default=1_000_000, help="call-log rows for the admin API scenario")
+    parser.add_argument("--import-keys", type=int, default=10_000, help="keys pasted in the import scenario")
+    args = parser.parse_args()
+    if not shutil.which("wrk"):
+        sys.exit("bench needs wrk: apt-get install wrk")
+
+    machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    print(f"machine: {machine}; {subprocess.run(['wrk', '-v'], capture_output=True, text=True).stdout.split(' [')[0]}")
+    work = Path(tempfile.mkdtemp(prefix="silicon-pool-bench-"))
+    write_scripts(work)
+    up_port = free_port()
+    upstream = spawn("upstream", "bench/upstream.py", "--port", str(up_port), "--user-info-delay", "0.05", port=up_port)
+    upstream_v1 = f"{upstream.base}/v1"
+    bare_port = free_port()
+    bare = spawn(
+        "bare proxy", "bench/bare_proxy.py", "--port", str(bare_port), "--upstream", upstream_v1, port=bare_port
+    )
+    small, large, logs, imports = (work / n for n in ("small", "large", "logs", "import"))
+    seed(small, 10, upstream=upstream_v1)
+    try:
+        # 1. throughput and latency, side by side
+        runs: dict[str, dict[str, Load]] = {}
+        scenarios = [
+            ("non-stream, 32 clients", 32, False),
+            ("non-stream, 128 clients", 128, False),
+            ("stream of 20 chunks, 32 clients", 32, True),
+        ]
+        with silicon_pool(small, upstream_v1) as (sp, _):
+            targets = [("direct to upstream", upstream.base, None), ("bare proxy", bare.base, None)] + [
+                (f"silicon-pool ({s})", sp.base, s) for s in ("random", "least_used", "least_inflight")
+            ]
+            for label, base, strategy in targets:
+                if strategy:
+                    asyncio.run(set_strategy(base, strategy))
+                for scenario, connections, stream in scenarios:
+                    runs.setdefault(scenario, {})[label] = wrk(
+                        f"{base}/v1/chat/completions", connections, args.duration, stream, work
+                    )
+            # 2. slow streams: the delay each proxy adds to a chunk
+            asyncio.run(set_strategy(sp.base, "least_inflight"))
+            transit = {
+                label: asyncio.run(slow_streams(f"{base}/v1/chat/completions", 256, 0.2))
+                for label, base in (("direct", upstream.base), ("bare proxy", bare.base), ("silicon-pool", sp.base))
+            }
+            small_peak = sp.peak_mb()
+        for scenario, results in runs.items():
+            ref = results["bare proxy"]
+            table(
+                scenario,
+                ["target", "req/s", "× bare", "p50 ms", "p99 ms", "errors"],
+                [
+                    [label, f"{r.rps:,.0f}", f"{r.rps / ref.rps:.2f}", f"{r.p50_ms:.2f}", f"{r.p99_ms:.2f}", r.errors]
+                    for label, r in results.items()
+                ],
+            )
+        direct = transit["direct"]
+        table(
+            "256 slow streams (200 ms between chunks): time a chunk spends between upstream and client",
+            ["path", "chunks", "p50 ms", "p99 ms", "added p50 ms", "added p99 ms"],
+            [
+                [
+                    label,
+                    len(v),
+                    f"{percentile(v, 0.5):.2f}",
+                    f"{percentile(v, 0.99):.2f}",
+                    f"{percentile(v, 0.5) - percentile(direct, 0.5):.2f}",
+                    f"{percentile(v, 0.99) - percentile(direct, 0.99):.2f}",
+                ]
+                for label, v in transit.items()
+            ],
+        )
+
+        # 3. a large pool: startup, memory, throughput
+        seed(large, args.keys, upstream=upstream_v1)
+        with silicon_pool(large, upstream_v1) as (sp, startup):
+            asyncio.run(set_strategy(sp.base, "least_inflight"))
+            big = wrk(f"{sp.base}/v1/chat/completions", 32, args.duration, False, work)
+            large_peak = sp.peak_mb()
+        ten = runs["non-stream, 32 clients"]["silicon-pool (least_inflight)"]
+        table(
+            f"{args.keys:,} keys in the pool",
+            ["figure", "value", "target"],
+            [
+                ["startup until /healthz answers", f"{startup:.2f} s", "≤ 3 s"],
+                ["peak memory", f"{large_peak:.0f} MB", "≤ 200 MB"],
+                ["non-stream req/s, 32 clients", f"{big.rps:,.0f} ({big.rps / ten.rps:.2f}× of 10 keys)", "within 10%"],
+            ],
+        )
+
+        # 4. the admin API on a large call log
+        seed(logs, 10, upstream=upstream_v1)
+        seed_calls(logs, args.log_rows)
+        with silicon_pool(logs, upstream_v1) as (sp, _):
+            timings = asyncio.run(admin_timings(sp.base))
+        table(
+            f"admin API with {args.log_rows:,} call-log rows (median of 10)",
+            ["request", "ms", "target"],
+            [
+                [name, f"{ms:.1f}", "≤ 100" if "stats" in name else "≤ 50" if "logs" in name else ""]
+                for name, ms in timings.items()
+            ],
+        )
+
+        # 5. importing keys against a /user/info that takes 50 ms
+        seed(imports, 0, upstream=upstream_v1)
+        with silicon_pool(imports, upstream_v1) as (sp, _):
+            seconds, job = asyncio.run(import_keys(sp.base, args.import_keys))
+            import_peak = sp.peak_mb()
+        result = job.get("result") or {}
+        table(
+            f"import of {args.import_keys:,} keys (/user/info answers after 50 ms, 16 checks at once)",
+            ["figure", "value", "target"],
+            [
+                ["time", f"{seconds:.1f} s", "≤ 60 s"],
+                ["imported", result.get("imported"), args.import_keys],
+                ["unchecked / rejected", f"{result.get('unchecked')} / {result.get('rejected')}", "0 / 0"],
+            ],
+        )
+        table(
+            "peak memory (VmHWM)",
+            ["process", "MB"],
+            [
+                ["fake upstream", f"{upstream.peak_mb():.0f}"],
+                ["bare proxy", f"{bare.peak_mb():.0f}"],
+                ["silicon-pool, 10 keys", f"{small_peak:.0f}"],
+                [f"silicon-pool, {args.keys:,} keys", f"{large_peak:.0f}"],
+                ["silicon-pool, import run", f"{import_peak:.0f}"],
+            ],
+        )
+    finally:
+        bare.stop()
+        upstream.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
