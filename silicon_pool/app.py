@@ -22,7 +22,7 @@ from .jobs import Jobs
 from .lifecycle import KeyLifecycle
 from .models import ModelCatalog
 from .pool import FREE, PAID, KeyPool
-from .proxy import Proxy
+from .proxy import Proxy, openai_error
 from .settings import Settings
 from .store import Store
 from .typedefs import (
@@ -116,6 +116,16 @@ async def forward(request: web.Request) -> web.StreamResponse:
     return await request.app[PROXY].handle(request)
 
 
+async def missing_v1(request: web.Request) -> web.Response:
+    """A client whose base URL lacks /v1: say so in the format it reads."""
+    return openai_error(
+        404,
+        f"Unknown path {request.path}: set the base URL to http://{request.host}/v1 (Base URL 需要以 /v1 结尾)",
+        "invalid_request_error",
+        "unknown_url",
+    )
+
+
 async def healthz(request: web.Request) -> web.Response:
     """For monitors: can the pool serve? No secrets, no login."""
     pool = request.app[POOL]
@@ -135,6 +145,9 @@ def create_app(config: Config) -> web.Application:
     app.cleanup_ctx.extend([_storage, _upstream, _jobs])
     app.router.add_get("/healthz", healthz)
     app.router.add_route("*", "/v1/{tail:.*}", forward)
+    app.router.add_route(
+        "*", r"/{endpoint:(chat/completions|completions|embeddings|models|rerank|images/generations)}", missing_v1
+    )
     add_api_routes(app.router)
     add_page_routes(app.router)
     setup_templates(app)

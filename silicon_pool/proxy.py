@@ -68,6 +68,20 @@ def openai_error(
     return web.Response(status=status, body=body, content_type="application/json", headers={**CORS, **(headers or {})})
 
 
+def _is_json(request: web.Request) -> bool:
+    """No Content-Type (curl -d sends a form type, many scripts none) or a JSON one."""
+    if "Content-Type" not in request.headers:
+        return True
+    content_type = request.content_type
+    return (
+        content_type == "application/json"
+        or content_type.endswith("+json")
+        or (
+            content_type == "application/x-www-form-urlencoded"  # curl's default for -d
+        )
+    )
+
+
 class _Call:
     """One request's facts, gathered as it goes and logged once at the end."""
 
@@ -81,6 +95,10 @@ class _Call:
         self.tried: tuple[int, ...] = ()
         self.key: Key | None = None  # the key of the attempt under way
         self.logged = False
+
+
+class BadAnswer(Exception):
+    """The upstream said 200 but sent something no client can use (say, an HTML error page)."""
 
 
 class RequestRejected(Exception):
@@ -133,6 +151,8 @@ class Proxy:
             if caller is None:
                 raise RequestRejected(401, "Invalid API token: send the proxy's api_token as Bearer", "invalid_api_key")
             call.caller = caller
+            if endpoint.json_body and request.method == "POST" and not _is_json(request):
+                raise RequestRejected(415, "Content-Type must be application/json", "unsupported_media_type")
             body = await self._read_body(request)
             if body and (endpoint.json_body or request.content_type == "application/json"):
                 call.model, call.stream = self._inspect(body, strict=endpoint.json_body)
@@ -161,20 +181,27 @@ class Proxy:
         return "main" if hmac.compare_digest(token, self._api_token) else None
 
     async def _read_body(self, request: web.Request) -> bytes:
+        """The whole body, within `max_body_mb` and without a silence longer than `read_timeout`."""
         if not request.body_exists:
             return b""
         length = request.content_length
         too_large = RequestRejected(413, f"Request body over {self.settings.max_body_mb} MB", "body_too_large")
-        if length is not None:
-            if length > self._body_limit:
-                raise too_large
-            return await request.read()
-        body = bytearray()
-        async for chunk in request.content.iter_any():
-            body += chunk
-            if len(body) > self._body_limit:
-                raise too_large
-        return bytes(body)
+        if length is not None and length > self._body_limit:
+            raise too_large
+        chunks: list[bytes] = []
+        size, silence, content = 0, self.settings.read_timeout, request.content
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(silence) as deadline:
+                while chunk := await content.readany():
+                    size += len(chunk)
+                    if size > self._body_limit:
+                        raise too_large
+                    chunks.append(chunk)
+                    deadline.reschedule(loop.time() + silence)
+        except TimeoutError:
+            raise RequestRejected(408, "The request body stopped arriving (read_timeout)", "request_timeout") from None
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     @staticmethod
     def _inspect(body: bytes, *, strict: bool) -> tuple[str | None, bool]:
@@ -188,7 +215,11 @@ class Proxy:
                 raise RequestRejected(400, "The request body must be a JSON object", "invalid_json")
             return None, False
         model = payload.get("model")
-        return (model if isinstance(model, str) else None), payload.get("stream") is True
+        if not isinstance(model, str) or not model:
+            if strict:
+                raise RequestRejected(400, "The request needs a model (a model id string)", "model_required")
+            model = None
+        return model, payload.get("stream") is True
 
     @staticmethod
     def _preflight(request: web.Request) -> web.Response:
@@ -244,6 +275,9 @@ class Proxy:
                 failures.append(describe_exception(exc))
                 pool.cool(key, settings.cooldown_seconds, failures[-1])
                 cooled = True
+            except BadAnswer as exc:  # the upstream's fault, not the key's: another key may fare better
+                failures.append(str(exc))
+                pool.note_error(key, failures[-1])
             finally:
                 upstream.release()
                 pool.release(key)
@@ -288,10 +322,13 @@ class Proxy:
     ) -> web.StreamResponse:
         if key.state == UNCHECKED:  # it just served a request, so it is a valid key
             self.pool.set_balance(key, key.balance)
-        if upstream.content_type == "application/json":
+        content_type = upstream.content_type
+        if content_type == "application/json":
             answer = await upstream.read()
             self._log(call, upstream.status, key, time.monotonic(), endpoint.usage(answer))
             return web.Response(status=upstream.status, body=answer, headers=self._reply_headers(upstream))
+        if endpoint.json_body and content_type != "text/event-stream":
+            raise BadAnswer(f"upstream answered HTTP {upstream.status} with {content_type} instead of JSON")
         return await self._relay_stream(request, upstream, key, call)
 
     async def _relay_stream(

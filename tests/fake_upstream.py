@@ -240,6 +240,8 @@ class FakeUpstream:
     requests: list[Seen] = field(default_factory=list)
     chunk_sent_at: list[float] = field(default_factory=list)
     cut_after_chunks: int | None = None  # abort the connection mid-stream after this many chunks
+    stall_after_chunks: int | None = None  # go silent for stall_seconds mid-stream after this many chunks
+    broken_answer: str | None = None  # non-stream chat: "truncated" (cut mid-body) or "not_json" (HTML, 200)
 
     def __post_init__(self) -> None:
         if not self.models:
@@ -437,12 +439,26 @@ class FakeUpstream:
                     await asyncio.sleep(0.01)
                     request.transport.abort()
                     return resp
+                if i == self.stall_after_chunks and await self._sleep(self.stall_seconds):
+                    return resp
                 await self._write_event(resp, b"data: " + orjson.dumps(chunk) + b"\n\n")
                 self.chunk_sent_at.append(time.monotonic())
             await self._write_event(resp, b"data: [DONE]\n\n")
             await resp.write_eof()
         except ConnectionError:
             pass  # the client went away mid-stream; nothing left to do
+        return resp
+
+    async def _broken(self, request: web.Request) -> web.StreamResponse:
+        """A 200 that is no good: HTML instead of JSON, or a JSON body cut off mid-way."""
+        if self.broken_answer == "not_json":
+            return web.Response(text="<html><body>502 Bad Gateway</body></html>", content_type="text/html")
+        resp = web.StreamResponse(headers={"Content-Type": "application/json", "Content-Length": "400"})
+        await resp.prepare(request)
+        await resp.write(b'{"id": "x", "choices": [{"message": {"content": "half')
+        await asyncio.sleep(0.01)
+        if request.transport is not None:
+            request.transport.abort()
         return resp
 
     # ----- generation ----------------------------------------------------------------------
@@ -483,6 +499,8 @@ class FakeUpstream:
                     "finish_reason": "stop",
                     "logprobs": None,
                 }
+            if self.broken_answer is not None:
+                return await self._broken(request)
             return _json(
                 200,
                 {

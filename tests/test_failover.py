@@ -118,7 +118,7 @@ async def test_body_over_the_limit_is_413(proxy: Running, fake: FakeUpstream, ht
     await proxy.add_keys((secret, 10.0))
     await proxy.set(max_body_mb=1)
     big = b'{"model": "x", "input": "' + b"a" * (1024 * 1024) + b'"}'
-    async with http.post(f"{proxy.base}/v1/embeddings", data=big) as resp:
+    async with http.post(f"{proxy.base}/v1/embeddings", data=big, headers={"Content-Type": "application/json"}) as resp:
         assert resp.status == 413
         assert (await resp.json())["error"]["code"] == "body_too_large"
     assert fake.requests == []

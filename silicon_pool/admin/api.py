@@ -52,11 +52,12 @@ def dumps(data: Any, status: int = 200) -> web.Response:
 
 
 async def read_json(request: web.Request, limit: int = 1024 * 1024) -> dict[str, Any]:
+    too_large = ApiError(400, f"request body over {limit // 1024 // 1024} MB (请求体过大)")
     if request.content_length is not None and request.content_length > limit:
-        raise ApiError(413, f"request body over {limit // 1024 // 1024} MB (请求体过大)")
+        raise too_large
     body = await request.read()
     if len(body) > limit:
-        raise ApiError(413, f"request body over {limit // 1024 // 1024} MB (请求体过大)")
+        raise too_large
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError:
