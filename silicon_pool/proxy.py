@@ -188,8 +188,11 @@ class Proxy:
         too_large = RequestRejected(413, f"Request body over {self.settings.max_body_mb} MB", "body_too_large")
         if length is not None and length > self._body_limit:
             raise too_large
+        content = request.content
+        if length is not None and content.total_bytes >= length:  # all here already: no waiting, no timer
+            return await request.read()
         chunks: list[bytes] = []
-        size, silence, content = 0, self.settings.read_timeout, request.content
+        size, silence = 0, self.settings.read_timeout
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(silence) as deadline:
@@ -265,7 +268,9 @@ class Proxy:
                 if outcome is Outcome.CLIENT or (zero_balance_refused and call.model not in settings.free_model_set):
                     # The request is wrong (or asks a zero-balance key for a paid model): no key would help.
                     self._log(call, upstream.status, key, error=describe(upstream.status, answer))
-                    return web.Response(status=upstream.status, body=answer, headers=self._reply_headers(upstream))
+                    return web.Response(
+                        status=upstream.status, body=answer, headers=self._reply_headers(upstream, request)
+                    )
                 failures.append(describe(upstream.status, answer))
                 cooled |= self._penalise(key, outcome, failures[-1])
                 if zero_balance_refused:
@@ -312,9 +317,11 @@ class Proxy:
     # -- relaying a successful answer ---------------------------------------------------------
 
     @staticmethod
-    def _reply_headers(upstream: aiohttp.ClientResponse) -> dict[str, str]:
+    def _reply_headers(upstream: aiohttp.ClientResponse, request: web.Request) -> dict[str, str]:
+        """The upstream's headers minus hop-by-hop ones; CORS only for browsers (they send Origin)."""
         headers = {k: v for k, v in upstream.headers.items() if k.lower() not in DROP_FROM_UPSTREAM}
-        headers.update(CORS)
+        if "Origin" in request.headers:
+            headers.update(CORS)
         return headers
 
     async def _relay(
@@ -326,7 +333,7 @@ class Proxy:
         if content_type == "application/json":
             answer = await upstream.read()
             self._log(call, upstream.status, key, time.monotonic(), endpoint.usage(answer))
-            return web.Response(status=upstream.status, body=answer, headers=self._reply_headers(upstream))
+            return web.Response(status=upstream.status, body=answer, headers=self._reply_headers(upstream, request))
         if endpoint.json_body and content_type != "text/event-stream":
             raise BadAnswer(f"upstream answered HTTP {upstream.status} with {content_type} instead of JSON")
         return await self._relay_stream(request, upstream, key, call)
@@ -337,7 +344,7 @@ class Proxy:
         """Write each upstream chunk the moment it arrives; SSE streams also yield their usage."""
         sse = StreamUsage() if upstream.content_type == "text/event-stream" else None
         chunk = await upstream.content.readany()  # a failure here may still move on to another key
-        response = web.StreamResponse(status=upstream.status, headers=self._reply_headers(upstream))
+        response = web.StreamResponse(status=upstream.status, headers=self._reply_headers(upstream, request))
         if sse is not None:
             response.headers.update(SSE_HEADERS)
         call.stream = True

@@ -283,3 +283,13 @@ async def test_client_disconnect_is_logged_and_frees_the_key(
     [row] = await _wait_for_rows(proxy, 1)
     assert row["status"] == 499 and row["error"] == "client disconnected" and row["key_id"] == key.id
     assert key.inflight == 0 and key.status() == "active"
+
+
+async def test_browser_requests_get_cors_headers(
+    proxy: Running, fake: FakeUpstream, http: aiohttp.ClientSession
+) -> None:
+    await proxy.add_keys(*((s, 10.0) for s in paid_keys(fake, 1)))
+    async with http.get(f"{proxy.base}/v1/models", headers={"Origin": "http://app.example"}) as resp:
+        assert resp.headers["Access-Control-Allow-Origin"] == "*"
+    async with http.get(f"{proxy.base}/v1/models") as resp:
+        assert "Access-Control-Allow-Origin" not in resp.headers
