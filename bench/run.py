@@ -252,6 +252,7 @@ async def admin_timings(base: str, repeat: int = 10) -> dict[str, float]:
             ("stats API (day)", "/api/stats?range=day"),
             ("logs page 1", "/api/logs?page=1&page_size=50"),
             ("logs page, model filter", "/api/logs?page=3&page_size=50&model=model%2F3"),
+            ("logs page, errors only", "/api/logs?page=1&page_size=50&status=error"),
             ("summary", "/api/summary"),
         ):
             best = []
@@ -333,7 +334,7 @@ def main() -> None:
         scenarios = [
             ("non-stream, 32 clients", 32, False),
             ("non-stream, 128 clients", 128, False),
-            ("stream of 20 chunks, 32 clients", 32, True),
+            ("stream of 20 events, 32 clients", 32, True),
         ]
         with silicon_pool(small, upstream_v1) as (sp, _):
             targets = [("direct to upstream", upstream.base, None), ("bare proxy", bare.base, None)] + [

@@ -1,8 +1,9 @@
 """A fast fake SiliconFlow for benchmarks: canned answers, so the proxy is what gets measured.
 
 Chat answers are fixed bytes; `"stream": true` gets CHUNKS SSE events, DELAY seconds apart (or
-what the `X-Bench-Delay` header asks), each stamped with the sender's monotonic clock so a client
-on the same machine can tell how long a chunk spent in transit.
+what the `X-Bench-Delay` header asks; with no delay they go out in one burst, so that the fake is
+not what limits a throughput run), each stamped with the sender's monotonic clock so a client on
+the same machine can tell how long a chunk spent in transit.
 `/v1/user/info` answers after USER_INFO_DELAY seconds, like a real account check.
 """
 
@@ -34,6 +35,15 @@ MODELS = orjson.dumps(
 JSON = {"Content-Type": "application/json"}
 
 
+def _event(i: int) -> bytes:
+    event = {
+        "t": time.monotonic(),
+        "choices": [{"index": 0, "delta": {"content": "hi "}}],
+        "usage": {"prompt_tokens": 12, "completion_tokens": i + 1, "total_tokens": 13 + i},
+    }
+    return b"data: " + orjson.dumps(event) + b"\n\n"
+
+
 def make_app(chunks: int, delay: float, user_info_delay: float) -> web.Application:
     async def chat(request: web.Request) -> web.StreamResponse:
         body = await request.read()
@@ -42,15 +52,14 @@ def make_app(chunks: int, delay: float, user_info_delay: float) -> web.Applicati
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
         pause = float(request.headers.get("X-Bench-Delay", delay))
+        if not pause:  # no delay: one burst, so the upstream is not what limits the run
+            await response.write(b"".join(_event(i) for i in range(chunks)) + b"data: [DONE]\n\n")
+            await response.write_eof()
+            return response
         for i in range(chunks):
-            if pause and i:
+            if i:
                 await asyncio.sleep(pause)
-            event = {
-                "t": time.monotonic(),
-                "choices": [{"index": 0, "delta": {"content": "hi "}}],
-                "usage": {"prompt_tokens": 12, "completion_tokens": i + 1, "total_tokens": 13 + i},
-            }
-            await response.write(b"data: " + orjson.dumps(event) + b"\n\n")
+            await response.write(_event(i))
         await response.write(b"data: [DONE]\n\n")
         await response.write_eof()
         return response

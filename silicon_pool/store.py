@@ -69,6 +69,9 @@ CREATE TABLE IF NOT EXISTS calls (
     error TEXT
 );
 CREATE INDEX IF NOT EXISTS calls_ts ON calls (ts);
+CREATE INDEX IF NOT EXISTS calls_model_ts ON calls (model, ts);
+CREATE INDEX IF NOT EXISTS calls_endpoint_ts ON calls (endpoint, ts);
+CREATE INDEX IF NOT EXISTS calls_errors_ts ON calls (ts) WHERE status >= 400 OR error IS NOT NULL;
 CREATE TABLE IF NOT EXISTS usage_hourly (
     hour INTEGER NOT NULL,
     model TEXT NOT NULL,

@@ -36,7 +36,7 @@ class LogFilter:
             args.append(self.endpoint)
         if self.status == "ok":
             clauses.append("status < 400 AND error IS NULL")
-        elif self.status == "error":
+        elif self.status == "error":  # the very terms of the partial index calls_errors_ts
             clauses.append("(status >= 400 OR error IS NOT NULL)")
         if self.since is not None:
             clauses.append("ts >= ?")
