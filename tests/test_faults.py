@@ -207,3 +207,39 @@ async def test_control_characters_in_headers_are_refused_and_harmless(proxy: Run
     assert answer.split(b" ")[1] == b"400"
     models = await proxy.openai().models.list()
     assert models.data
+
+
+# -- bad input on the admin API ------------------------------------------------------------------
+
+
+async def test_admin_refuses_garbage_and_stores_nothing_half_way(proxy: Running, admin: aiohttp.ClientSession) -> None:
+    for path, body in [
+        ("/api/keys/import", b"{not json"),
+        ("/api/keys/import", b'{"keys": 5}'),
+        ("/api/keys/import", b'{"keys": "' + b"sk-" + b"a" * (10 * 1024 * 1024) + b'"}'),  # a 10 MB paste
+        ("/api/keys/bulk", b'{"ids": [1, "2"], "action": "delete"}'),
+        ("/api/account", b'{"current_password": 1, "password": []}'),
+    ]:
+        async with admin.post(path, data=body, headers={"Content-Type": "application/json"}) as resp:
+            assert resp.status == 400, path
+            assert (await resp.json())["error"]
+    async with admin.patch("/api/settings", json={"max_attempts": 5, "strategy": "nope"}) as resp:
+        assert resp.status == 400
+    async with admin.get("/api/settings") as resp:
+        assert (await resp.json())["max_attempts"] == 3  # nothing stored half-way
+    for params in ({"page": "-1"}, {"page_size": "99999999999999999999"}, {"page": "1e9"}):
+        async with admin.get("/api/keys", params=params) as resp:
+            assert resp.status == 400
+        async with admin.get("/api/logs", params=params) as resp:
+            assert resp.status == 400
+    sql = "'; DROP TABLE keys; --"
+    async with admin.get("/api/keys", params={"q": sql}) as resp:
+        assert resp.status == 200 and (await resp.json())["total"] == 0
+    async with admin.get("/api/logs", params={"model": sql, "endpoint": sql}) as resp:
+        assert resp.status == 200
+    async with admin.post("/api/login", json={"username": sql, "password": sql}) as resp:
+        assert resp.status == 401
+    async with admin.post("/api/keys/import", json={"keys": "你好，世界 🚀 ключ ひらがな"}) as resp:
+        assert resp.status == 202
+    assert await proxy.store.read(lambda c: c.execute("SELECT COUNT(*) FROM keys").fetchone()[0]) == 0
+    assert len(proxy.pool) == 0
