@@ -91,6 +91,14 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"one of {', '.join(LOG_LEVELS)} [SILICON_POOL_LOG_LEVEL, default INFO]",
     )
     parser.add_argument(
+        "--allowed-host",
+        action="append",
+        default=[h for h in env("SILICON_POOL_ALLOWED_HOSTS", "").split(",") if h.strip()],
+        metavar="NAME",
+        help="a host name the admin answers to, besides IP addresses and localhost (repeatable; "
+        "for a reverse proxy or a LAN name) [SILICON_POOL_ALLOWED_HOSTS, comma-separated]",
+    )
+    parser.add_argument(
         "--reset-admin",
         action="store_true",
         help="reset the admin login to admin/admin (logging every session out), then exit",
@@ -103,7 +111,12 @@ def parse_config(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace,
     """Flags to a Config; a bad value prints a clear message and exits with status 2."""
     args = build_parser().parse_args(argv)
     return args, Config(
-        host=args.host, port=args.port, data_dir=args.data_dir, upstream=args.upstream, log_level=args.log_level
+        host=args.host,
+        port=args.port,
+        data_dir=args.data_dir,
+        upstream=args.upstream,
+        log_level=args.log_level,
+        allowed_hosts=tuple(h.strip().lower() for h in args.allowed_host),
     )
 
 
@@ -123,7 +136,10 @@ def reset_admin(config: Config) -> None:
     store.open()
     store.close()
     reset_account(str(store.path))
-    print(f"silicon-pool: the admin login in {config.data_dir} is now admin / admin; change it after logging in.")
+    print(
+        f"silicon-pool: the admin login in {config.data_dir} is now admin / admin; "
+        "restart silicon-pool if it is running, then change the password after logging in."
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -13,3 +13,4 @@ class Config:
     data_dir: Path = Path("data")
     upstream: str | None = None  # None: keep the stored `upstream` setting
     log_level: str = "INFO"
+    allowed_hosts: tuple[str, ...] = ()  # names (besides IPs and localhost) the admin answers to

@@ -35,6 +35,7 @@ class Job:
             "done": self.done,
             "total": self.total,
             "result": self.result,
+            "started_at": self.started_at,
         }
         if self.error:
             view["error"] = self.error

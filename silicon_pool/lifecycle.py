@@ -35,7 +35,9 @@ async def _bounded(items: Iterable[Any], limit: int, work: Callable[[Any], Await
         while queue:
             await work(queue.pop())
 
-    await asyncio.gather(*(worker() for _ in range(max(1, min(limit, len(queue))))))
+    async with asyncio.TaskGroup() as group:  # one worker failing stops the others
+        for _ in range(max(1, min(limit, len(queue)))):
+            group.create_task(worker())
 
 
 def _balance_total(keys: Iterable[Key]) -> float:
@@ -113,10 +115,11 @@ class KeyLifecycle:
         return counts
 
     def _apply(self, key: Key, result: Check, counts: dict[str, Any]) -> None:
-        if key.id not in self.pool.keys:  # deleted while it was being checked
+        if self.pool.keys.get(key.id) is not key:  # deleted while it was being checked
             return
         if result.verdict is Verdict.VALID:
             key.account_id = result.account_id or key.account_id
+            key.last_error = None
             balance = result.balance if result.balance is not None else key.balance
             self.pool.set_balance(key, balance, ACTIVE)
             counts["updated"] += 1

@@ -7,6 +7,7 @@ PATCH changes nothing.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -16,6 +17,8 @@ from .selection import STRATEGIES
 
 DEFAULT_UPSTREAM = "https://api.siliconflow.cn/v1"
 DEFAULT_CHARTJS = "https://cdn.jsdelivr.net/npm/chart.js@4.6.1/dist/chart.umd.min.js"  # Chart.js's official CDN build
+# Subresource integrity of that exact file (the npm package's dist/chart.umd.min.js, byte for byte).
+DEFAULT_CHARTJS_INTEGRITY = "sha384-Emf5ZVIUiarAdhkgtqK+5/Z5qIvM6QoVrS+qAVtfyZVuD5lIHrac0me485+Antp0"
 
 # Models SiliconFlow has served free of charge (see the upstream fact sheet); editable.
 DEFAULT_FREE_MODELS = (
@@ -88,7 +91,7 @@ def _url(value: Any) -> str:
 
 
 def _script_url(value: Any) -> str:
-    if not isinstance(value, str) or not re.fullmatch(r"(https?://[^\s\"'<>]+|/[^\s\"'<>]*)", value.strip()):
+    if not isinstance(value, str) or not re.fullmatch(r"(https?://[^\s\"'<>]+|/(?!/)[^\s\"'<>]*)", value.strip()):
         raise ValueError("must be an http(s) URL or a path on this server such as /static/chart.umd.min.js")
     return value.strip()
 
@@ -153,6 +156,7 @@ class Settings:
     ) -> None:
         self._listeners: list[Callable[[set[str]], None]] = []
         self._persist = persist
+        self._lock = asyncio.Lock()
         for setting in SETTINGS:
             setattr(self, setting.name, setting.default)
         # A stored value that no longer parses (an old version's) falls back to the default.
@@ -187,12 +191,15 @@ class Settings:
         return parsed
 
     async def update(self, changes: dict[str, Any]) -> dict[str, Any]:
-        """Validate all, persist, then apply: a refused or unsaved change leaves everything as it was."""
-        parsed = self.validate(changes)
-        if self._persist is not None:
-            await self._persist({k: list(v) if isinstance(v, tuple) else v for k, v in parsed.items()})
-        self.apply(parsed)
-        return parsed
+        """Validate all, persist, then apply: a refused or unsaved change leaves everything as it was.
+
+        One update at a time, so two that are each valid cannot combine into an invalid state."""
+        async with self._lock:
+            parsed = self.validate(changes)
+            if self._persist is not None:
+                await self._persist({k: list(v) if isinstance(v, tuple) else v for k, v in parsed.items()})
+            self.apply(parsed)
+            return parsed
 
     def apply(self, parsed: dict[str, Any]) -> None:
         """Set already-validated values and tell the listeners."""

@@ -34,7 +34,7 @@ FLUSH_SECONDS = 0.5
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS keys (
-    id INTEGER PRIMARY KEY,
+    id INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused: a late update for a deleted key finds no row
     key_hash TEXT NOT NULL UNIQUE,
     key_enc BLOB NOT NULL,
     added_at REAL NOT NULL,
@@ -257,6 +257,10 @@ class Store:
         self._queue.put(_Job(fn, future))
         self._wake.set()
         return await asyncio.wrap_future(future)
+
+    async def flush(self) -> None:
+        """Return once everything queued before this call is committed."""
+        await self.write(lambda _conn: None)
 
     async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run `fn` on a reader thread's own connection."""

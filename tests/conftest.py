@@ -57,8 +57,8 @@ class Running:
         return client
 
     async def flush(self) -> None:
-        """Wait until everything queued for the writer is committed (a job runs after a flush)."""
-        await self.store.write(lambda conn: None)
+        """Wait until everything queued for the writer is committed."""
+        await self.store.flush()
 
     async def calls(self) -> list[sqlite3.Row]:
         await self.flush()

@@ -191,3 +191,47 @@ async def test_default_password_on_an_open_host_is_a_loud_warning(
     await server.start_server()
     await server.close()
     assert any("admin/admin" in r.getMessage() and r.levelname == "WARNING" for r in caplog.records) == loud
+
+
+@pytest.mark.parametrize("host", ["rebind.evil.example", "evil.example:7898"])
+async def test_unknown_host_names_are_refused(proxy: Running, http: aiohttp.ClientSession, host: str) -> None:
+    """DNS rebinding: a foreign page pointing its own name at 127.0.0.1 sends that name as Host."""
+    headers = {"Host": host, "Origin": f"http://{host}"}
+    async with http.post(
+        f"{proxy.base}/api/login", json={"username": "admin", "password": "admin"}, headers=headers
+    ) as resp:
+        assert resp.status == 403
+    async with http.get(f"{proxy.base}/login", headers=headers) as resp:
+        assert resp.status == 403
+
+
+async def test_allowed_host_names_and_ip_literals_pass(
+    tmp_path: Path, upstream_url: str, http: aiohttp.ClientSession
+) -> None:
+    config = Config(data_dir=tmp_path, upstream=upstream_url, allowed_hosts=("pool.lan",))
+    server = TestServer(create_app(config), host="127.0.0.1")
+    await server.start_server()
+    try:
+        for host in ("pool.lan", "localhost:1", "127.0.0.1", "[::1]:7898", "192.168.1.5"):
+            async with http.get(server.make_url("/login"), headers={"Host": host}) as resp:
+                assert resp.status == 200, host
+    finally:
+        await server.close()
+
+
+async def test_guesses_sent_at_once_are_throttled(proxy: Running, http: aiohttp.ClientSession) -> None:
+    async def guess() -> int:
+        async with http.post(f"{proxy.base}/api/login", json={"username": "admin", "password": "nope"}) as resp:
+            return resp.status
+
+    statuses = await asyncio.gather(*(guess() for _ in range(20)))
+    assert statuses.count(401) <= LoginThrottle.FREE_TRIES and statuses.count(429) >= 20 - LoginThrottle.FREE_TRIES
+
+
+async def test_a_huge_chunked_body_is_cut_off(proxy: Running, http: aiohttp.ClientSession) -> None:
+    async def body():
+        for _ in range(64):
+            yield b"x" * (256 * 1024)
+
+    async with http.post(f"{proxy.base}/api/login", data=body(), headers={"Content-Type": "application/json"}) as resp:
+        assert resp.status == 400

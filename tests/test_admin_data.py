@@ -154,3 +154,11 @@ async def test_models_grouped_by_type_and_cached(
     assert len(fake.requests) == asked  # from the cache
     await _get(admin, "/api/models", refresh="1")
     assert len(fake.requests) > asked
+
+
+@pytest.mark.parametrize(
+    "params", [{"date": "9999-12-31"}, {"range": "month", "date": "9999-12-15"}, {"date": "0001-01-01"}]
+)
+async def test_stats_edge_dates_are_400(admin: aiohttp.ClientSession, params: dict) -> None:
+    async with admin.get("/api/stats", params=params) as resp:
+        assert resp.status == 400

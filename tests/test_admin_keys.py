@@ -300,3 +300,34 @@ async def test_background_refresh_follows_the_interval_setting(
     async with asyncio.timeout(5):
         while key.balance != 8.5:
             await asyncio.sleep(0.02)
+
+
+async def test_a_late_refresh_of_a_deleted_key_touches_no_other_key(
+    proxy: Running, fake: FakeUpstream, admin: aiohttp.ClientSession
+) -> None:
+    a, b, c = paid_keys(fake, 3)
+    _, key_b = await proxy.add_keys((a, 1.0), (b, 2.0))
+    fake.set_balance(b, "77")
+    fake.user_info_delay = 0.5
+    async with admin.post("/api/keys/refresh", json={"ids": [key_b.id]}) as resp:
+        job_id = (await resp.json())["job_id"]
+    await asyncio.sleep(0.1)
+    async with admin.delete(f"/api/keys/{key_b.id}") as resp:
+        assert resp.status == 200
+    [key_c] = await proxy.add_keys((c, 5.0))
+    assert key_c.id != key_b.id  # ids are never reused
+    await wait_job(admin, job_id)
+    await proxy.flush()
+    assert key_c.balance == 5.0
+    stored = await proxy.store.read(lambda conn: conn.execute("SELECT id, balance FROM keys ORDER BY id").fetchall())
+    assert [balance for _, balance in stored] == [1.0, 5.0]
+
+
+async def test_export_active_counts_resting_keys(
+    proxy: Running, fake: FakeUpstream, admin: aiohttp.ClientSession
+) -> None:
+    a, b = paid_keys(fake, 2)
+    key_a, _ = await proxy.add_keys((a, 1.0), (b, None))
+    proxy.pool.cool(key_a, 60, "HTTP 429")
+    async with admin.get("/api/keys/export", params={"state": "active"}) as resp:
+        assert set((await resp.text()).split()) == {a, b}

@@ -29,6 +29,10 @@ A, B, C = make_key("a"), make_key("b"), make_key("c")
         ("余额 14.00 ¥ 用户 hello", [], 0, 0),
         ("", [], 0, 0),
         (f"{A.upper().replace('SK-', 'sk-')}", [A.upper().replace("SK-", "sk-")], 0, 0),
+        (f"key={A}\n({B})\n账号1{C}", [A, B, C], 0, 0),  # glued to labels and brackets
+        (f"\ufeff{A}\u200b\n✅{B}", [A, B], 0, 0),  # invisible characters and emoji
+        (f"https://x.example/?k={A}", [A], 0, 0),
+        (f"{A}\n{A}:0.5\n{A}----1", [A], 2, 0),
     ],
 )
 def test_messy_pastes(paste: str, keys: list[str], repeated: int, invalid: int) -> None:

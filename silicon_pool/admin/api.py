@@ -14,7 +14,7 @@ from aiohttp import web
 from aiohttp_session import get_session
 
 from ..models import CatalogUnavailable
-from ..pool import Key
+from ..pool import INVALID, Key
 from ..selection import STRATEGIES
 from ..settings import SETTINGS as SETTING_LIST
 from ..settings import SettingError
@@ -55,9 +55,13 @@ async def read_json(request: web.Request, limit: int = 1024 * 1024) -> dict[str,
     too_large = ApiError(400, f"request body over {limit // 1024 // 1024} MB (请求体过大)")
     if request.content_length is not None and request.content_length > limit:
         raise too_large
-    body = await request.read()
-    if len(body) > limit:
-        raise too_large
+    chunks, size = [], 0
+    while chunk := await request.content.readany():  # a chunked body is stopped at the limit, not after
+        size += len(chunk)
+        if size > limit:
+            raise too_large
+        chunks.append(chunk)
+    body = b"".join(chunks)
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError:
@@ -144,8 +148,8 @@ async def login(request: web.Request) -> web.Response:
         raise ApiError(
             429, f"too many failed logins; try again in {wait}s (登录失败次数过多)", {"Retry-After": str(wait)}
         )
+    throttle.failed(client)  # counted before the check, so guesses sent at once are throttled too
     if not await check_login(account, username or "", password or ""):
-        throttle.failed(client)
         raise ApiError(401, "wrong username or password (用户名或密码错误)")
     throttle.succeeded(client)
     await start_session(request, account)
@@ -171,9 +175,13 @@ async def change_account(request: web.Request) -> web.Response:
         raise ApiError(400, "username: no spaces (用户名不能包含空格)")
     if len(password or "") < 6:
         raise ApiError(400, "password: at least 6 characters (密码至少 6 位)")
+    throttle, client = request.app[THROTTLE], request.remote or "unknown"
+    if wait := throttle.wait(client):
+        raise ApiError(429, f"too many wrong passwords; try again in {wait}s", {"Retry-After": str(wait)})
+    throttle.failed(client)
     if not await check_login(account, account.username, current):
-        request.app[THROTTLE].failed(request.remote or "unknown")
         raise ApiError(403, "current password is wrong (当前密码错误)")
+    throttle.succeeded(client)
     new_hash = hash_password(password or "")
     updated = Account(username or account.username, new_hash, False, secrets.token_hex(8))
     await save_account(request.app[STORE], updated)
@@ -241,6 +249,7 @@ async def patch_key(request: web.Request) -> web.Response:
     if set(data) != {"enabled"} or not isinstance(data["enabled"], bool):
         raise ApiError(400, 'enabled: send {"enabled": true|false}')
     request.app[LIFECYCLE].set_enabled([key.id], data["enabled"])
+    await request.app[STORE].flush()  # answered once saved
     return dumps(_key_view(key, time.monotonic()))
 
 
@@ -256,7 +265,9 @@ async def bulk(request: web.Request) -> web.Response:
     action = data.get("action")
     lifecycle = request.app[LIFECYCLE]
     if action in ("enable", "disable"):
-        return dumps({"changed": lifecycle.set_enabled(ids, action == "enable")})
+        changed = lifecycle.set_enabled(ids, action == "enable")
+        await request.app[STORE].flush()  # answered once saved
+        return dumps({"changed": changed})
     if action == "delete":
         return dumps({"deleted": await lifecycle.delete(ids)})
     if action == "refresh":
@@ -268,9 +279,21 @@ async def bulk(request: web.Request) -> web.Response:
 async def refresh_keys(request: web.Request) -> web.Response:
     data = await read_json(request) if request.body_exists else {}
     ids = _ids(data["ids"]) if data.get("ids") is not None else None
-    lifecycle = request.app[LIFECYCLE]
-    job = request.app[JOBS].start("refresh", lambda job: lifecycle.refresh(job, ids))
+    lifecycle, jobs = request.app[LIFECYCLE], request.app[JOBS]
+    running = jobs.running("refresh") if ids is None else None
+    job = running or jobs.start("refresh", lambda job: lifecycle.refresh(job, ids))  # one full refresh at a time
     return dumps({"job_id": job.id}, status=202)
+
+
+def _exportable(key: Key, state: str) -> bool:
+    """`active`: keys that can serve paid models; `zero`: the free-tier ones. Resting or unchecked
+    keys count as what they are, not as the moment's status."""
+    if state == "all":
+        return True
+    if not key.enabled or key.state == INVALID:
+        return False
+    zero = key.balance is not None and key.balance <= 0
+    return zero if state == "zero" else not zero
 
 
 def _amount(balance: float | None) -> str:
@@ -282,8 +305,7 @@ async def export_keys(request: web.Request) -> web.Response:
     fmt = _choice_param(request, "format", ("lines", "comma", "lines_with_balance"), "lines")
     sort = _choice_param(request, "sort", EXPORT_SORTS, "balance_desc")
     state = _choice_param(request, "state", ("all", "active", "zero"), "all")
-    now = time.monotonic()
-    keys = _select(list(request.app[POOL].keys.values()), state, "", now)
+    keys = [k for k in request.app[POOL].keys.values() if _exportable(k, state)]
     order, reverse = EXPORT_SORTS[sort]
     keys.sort(key=order, reverse=reverse)
     if fmt == "comma":
@@ -370,29 +392,13 @@ async def get_logs(request: web.Request) -> web.Response:
     models, endpoints = await store.read(queries.log_choices)
     keys = request.app[POOL].keys
     items = []
-    for r in rows:
-        key = keys.get(r[4]) if r[4] is not None else None
-        items.append(
-            {
-                "id": r[0],
-                "time": r[1],
-                "endpoint": r[2],
-                "model": r[3],
-                "key_id": r[4],
-                "key_masked": key.masked if key else ("(deleted)" if r[4] is not None else None),
-                "status": r[5],
-                "attempts": r[6],
-                "latency_ms": r[7],
-                "ttfb_ms": r[8],
-                "prompt_tokens": r[9],
-                "completion_tokens": r[10],
-                "total_tokens": r[11],
-                "images": r[12],
-                "stream": bool(r[13]),
-                "caller": r[14],
-                "error": r[15],
-            }
-        )
+    for row in rows:
+        item = dict(zip(queries.LOG_FIELDS, row, strict=True))
+        key_id = item["key_id"]
+        key = keys.get(key_id) if key_id is not None else None
+        item["key_masked"] = key.masked if key else ("(deleted)" if key_id is not None else None)
+        item["stream"] = bool(item["stream"])
+        items.append(item)
     return dumps({"items": items, "total": total, "models": models, "endpoints": endpoints})
 
 
@@ -408,6 +414,8 @@ async def get_stats(request: web.Request) -> web.Response:
         day = date.fromisoformat(text) if text else datetime.now().date()
     except ValueError:
         raise ApiError(400, "date: must be YYYY-MM-DD") from None
+    if not 1971 <= day.year <= 9998:
+        raise ApiError(400, "date: the year must be between 1971 and 9998")
     return dumps(await request.app[STORE].read(lambda c: queries.stats(c, range_, day)))
 
 

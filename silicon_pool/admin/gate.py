@@ -8,13 +8,14 @@ whose Origin or Referer names another site gets 403.
 from __future__ import annotations
 
 import functools
+import ipaddress
 import warnings
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
 from aiohttp_session import AbstractStorage, session_middleware
 
-from ..typedefs import ACCOUNT, SETTINGS
+from ..typedefs import ACCOUNT, CONFIG, SETTINGS
 from .api import ApiError, dumps
 from .auth import current_session, same_origin
 from .pages import PAGES
@@ -45,7 +46,29 @@ def _error(status: int, message: str, headers: dict[str, str] | None = None) -> 
     return response
 
 
+def trusted_host(request: web.Request) -> bool:
+    """The Host names this server: an IP address, localhost, or a name the user allowed.
+
+    A page on another site that re-points its own domain at 127.0.0.1 (DNS rebinding) sends its
+    own name as Host and Origin alike; refusing unknown names keeps it out of the admin."""
+    host = request.url.host
+    if host is None:
+        return False
+    if host == "localhost" or host in request.app[CONFIG].allowed_hosts:
+        return True
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    return True
+
+
 async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if not trusted_host(request):
+        message = "unknown Host name: open the admin by IP or localhost, or start with --allowed-host NAME"
+        if request.path.startswith("/api/"):
+            return _error(403, message)
+        return web.Response(status=403, text=message)
     if not request.path.startswith("/api/"):
         return await _page_guard(request, handler)
     try:
@@ -77,10 +100,10 @@ async def _page_guard(request: web.Request, handler: Handler) -> web.StreamRespo
 
 
 def _page_headers(chartjs_url: str) -> dict[str, str]:
-    chart_origin = "/".join(chartjs_url.split("/")[:3]) if chartjs_url.startswith("http") else ""
+    chart_source = chartjs_url if chartjs_url.startswith("http") else ""  # that one file, not its whole host
     return {
         "Content-Security-Policy": (
-            f"default-src 'self'; script-src 'self' {chart_origin}; style-src 'self' 'unsafe-inline'; "
+            f"default-src 'self'; script-src 'self' {chart_source}; style-src 'self' 'unsafe-inline'; "
             "img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
         ),
         "X-Frame-Options": "DENY",

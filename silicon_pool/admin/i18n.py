@@ -28,7 +28,6 @@ TEXT: dict[str, tuple[str, str]] = {
         "The admin password is still the default admin/admin: change it on the Settings page.",
     ),
     "common.loading": ("加载中…", "Loading…"),
-    "common.none": ("无", "None"),
     "common.prev": ("上一页", "Previous"),
     "common.next": ("下一页", "Next"),
     "common.page": ("第 {page} / {pages} 页，共 {total} 条", "Page {page} of {pages}, {total} in all"),
@@ -36,7 +35,6 @@ TEXT: dict[str, tuple[str, str]] = {
     "common.copied": ("已复制", "Copied"),
     "common.saved": ("已保存", "Saved"),
     "common.error": ("出错了：", "Error: "),
-    "common.confirm": ("确定吗？", "Are you sure?"),
     "common.all": ("全部", "All"),
     "common.apply": ("应用", "Apply"),
     "common.reset": ("重置", "Reset"),
@@ -49,7 +47,6 @@ TEXT: dict[str, tuple[str, str]] = {
     "login.submit": ("登录", "Log in"),
     "login.hint": ("默认用户名和密码都是 admin", "The default username and password are both admin"),
     # home
-    "home.title": ("概览", "Overview"),
     "home.keys_total": ("Key 总数", "Keys"),
     "home.balance": ("总余额（¥）", "Total balance (¥)"),
     "home.today_calls": ("今日调用", "Calls today"),
@@ -101,7 +98,6 @@ TEXT: dict[str, tuple[str, str]] = {
     "state.cooling": ("冷却中", "Cooling"),
     "state.unchecked": ("未校验", "Unchecked"),
     # keys
-    "keys.title": ("Key 管理", "Keys"),
     "keys.search": ("搜索 Key 片段或 ID", "Search a key fragment or id"),
     "keys.col.key": ("Key", "Key"),
     "keys.col.balance": ("余额", "Balance"),
@@ -121,7 +117,6 @@ TEXT: dict[str, tuple[str, str]] = {
     "keys.changed": ("已更新 {n} 个", "Changed {n}"),
     "keys.empty": ("没有符合条件的 Key", "No keys match"),
     # models
-    "models.title": ("模型", "Models"),
     "models.filter": ("筛选模型", "Filter models"),
     "models.free": ("免费", "Free"),
     "models.reload": ("从上游重新获取", "Reload from upstream"),
@@ -132,7 +127,6 @@ TEXT: dict[str, tuple[str, str]] = {
     "type.video": ("视频", "Video"),
     "type.other": ("其他", "Other"),
     # logs
-    "logs.title": ("调用日志", "Call log"),
     "logs.model": ("模型", "Model"),
     "logs.endpoint": ("接口", "Endpoint"),
     "logs.status": ("状态", "Status"),
@@ -150,7 +144,6 @@ TEXT: dict[str, tuple[str, str]] = {
     "logs.stream": ("流式", "stream"),
     "logs.empty": ("暂无日志", "No calls logged"),
     # stats
-    "stats.title": ("调用统计", "Usage statistics"),
     "stats.day": ("按小时（当天）", "Per hour (day)"),
     "stats.month": ("按天（当月）", "Per day (month)"),
     "stats.date": ("日期", "Date"),
@@ -168,7 +161,6 @@ TEXT: dict[str, tuple[str, str]] = {
     ),
     "stats.tables": ("数据表", "Data tables"),
     # settings
-    "settings.title": ("设置", "Settings"),
     "settings.proxy": ("转发", "Proxy"),
     "settings.save": ("保存设置", "Save settings"),
     "settings.generate": ("生成", "Generate"),

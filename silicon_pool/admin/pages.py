@@ -10,6 +10,7 @@ import jinja2
 from aiohttp import web
 
 from .. import __version__
+from ..settings import DEFAULT_CHARTJS, DEFAULT_CHARTJS_INTEGRITY
 from ..typedefs import ACCOUNT, SETTINGS
 from .i18n import language, script_messages, translator
 
@@ -54,7 +55,9 @@ def _frame(request: web.Request) -> dict[str, Any]:
 
 async def page(request: web.Request) -> web.Response:
     template, title = PAGES[request.path]
-    context = {**_frame(request), "title": title, "chartjs_url": request.app[SETTINGS].chartjs_url}
+    chartjs = request.app[SETTINGS].chartjs_url
+    integrity = DEFAULT_CHARTJS_INTEGRITY if chartjs == DEFAULT_CHARTJS else None
+    context = {**_frame(request), "title": title, "chartjs_url": chartjs, "chartjs_integrity": integrity}
     response = aiohttp_jinja2.render_template(template, request, context)
     response.headers["Cache-Control"] = "no-store"
     return response

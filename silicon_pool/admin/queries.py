@@ -12,10 +12,12 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any
 
-LOG_COLUMNS = (
-    "id, ts, endpoint, model, key_id, status, attempts, latency_ms, ttfb_ms, prompt_tokens,"
-    " completion_tokens, total_tokens, images, stream, caller, error"
-)
+from ..store import CallRecord
+
+# (column, name in the API): the log page's fields, in SELECT order.
+_LOG = (("id", "id"), ("ts", "time"), *((c, c) for c in CallRecord._fields if c != "ts"))
+LOG_COLUMNS = ", ".join(column for column, _ in _LOG)
+LOG_FIELDS = tuple(name for _, name in _LOG)
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +102,8 @@ def stats(conn: sqlite3.Connection, range_: str, day: date) -> dict[str, Any]:
         (int(start // 3600 * 3600), end),
     )
     for hour, model, calls, errors, prompt, completion, total in rows:
+        if hour < start:  # a zone off the whole hour: that UTC hour began before this local day/month
+            continue
         local = datetime.fromtimestamp(hour)
         index = local.hour if range_ == "day" else local.day - 1
         if not 0 <= index < len(buckets):

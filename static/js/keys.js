@@ -99,7 +99,9 @@ async function bulk(action, ids) {
   const result = await attempt(() => api("POST", "/api/keys/bulk", { ids, action }));
   if (!result) return;
   if (result.job_id) {
-    const job = await attempt(() => followJob(result.job_id, document.getElementById("bulk-progress")));
+    const bar = document.getElementById("bulk-progress");
+    const job = await attempt(() => followJob(result.job_id, bar));
+    bar.hidden = true;
     if (job?.state === "done") toast(t("home.refresh_result", job.result), "good");
   } else if ("deleted" in result) {
     for (const id of ids) selected.delete(id);

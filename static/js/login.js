@@ -4,9 +4,10 @@
 const form = document.getElementById("login-form");
 const error = document.getElementById("login-error");
 
+/** Where to go after login: the page asked for, if (once the browser has parsed it) it is on this site. */
 function nextPage() {
-  const next = new URLSearchParams(location.search).get("next") || "/";
-  return next.startsWith("/") && !next.startsWith("//") && !next.startsWith("/\\") ? next : "/";
+  const next = new URL(new URLSearchParams(location.search).get("next") || "/", location.origin);
+  return next.origin === location.origin ? next.pathname + next.search + next.hash : "/";
 }
 
 form.addEventListener("submit", async (event) => {

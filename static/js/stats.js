@@ -2,8 +2,9 @@
 // Charts need Chart.js (loaded from the `chartjs_url` setting); without it the tables carry the figures.
 "use strict";
 
-const hasCharts = typeof window.Chart === "function";
 const charts = {};
+let hasCharts = false;
+let last = null; // the figures shown, redrawn as charts once Chart.js arrives
 const state = { range: "day", date: new Date() };
 const dateInput = document.getElementById("stats-date");
 
@@ -30,6 +31,11 @@ function fillTable(id, rows) {
 async function load() {
   const data = await attempt(() => api("GET", `/api/stats?range=${state.range}&date=${dateInput.value}`));
   if (!data) return;
+  last = data;
+  render(data);
+}
+
+function render(data) {
   const labels = data.buckets.map((b) => (state.range === "month" ? b.label.slice(5) : b.label));
   draw("calls-chart", {
     type: "bar",
@@ -65,11 +71,36 @@ async function load() {
   fillTable("models-table", data.models.map((m) => [m.model, fmt.number(m.calls), fmt.number(m.total_tokens)]));
 }
 
-if (!hasCharts) {
+function withoutCharts() {
   document.getElementById("no-chart").hidden = false;
   document.getElementById("charts").hidden = true;
   document.getElementById("tables").open = true;
 }
+
+// Chart.js is loaded from here, not from the page, so a slow or blocked CDN never holds up the
+// page and its failure is always seen.
+function loadChartJs() {
+  const box = document.getElementById("charts");
+  const script = document.createElement("script");
+  script.src = box.dataset.chartjs;
+  if (box.dataset.integrity) {
+    script.integrity = box.dataset.integrity;
+    script.crossOrigin = "anonymous";
+  }
+  const giveUp = setTimeout(withoutCharts, 8000);
+  script.addEventListener("load", () => {
+    clearTimeout(giveUp);
+    hasCharts = typeof window.Chart === "function";
+    if (!hasCharts) withoutCharts();
+    else if (last) render(last);
+  });
+  script.addEventListener("error", () => {
+    clearTimeout(giveUp);
+    withoutCharts();
+  });
+  document.head.append(script);
+}
+
 for (const button of document.querySelectorAll("[data-range]")) {
   button.addEventListener("click", () => {
     state.range = button.dataset.range;
@@ -78,4 +109,5 @@ for (const button of document.querySelectorAll("[data-range]")) {
   });
 }
 dateInput.addEventListener("change", load);
+loadChartJs();
 load();
