@@ -18,6 +18,7 @@ from .admin.routes import add_api_routes
 from .balance import BalanceChecker
 from .config import Config
 from .crypto import Secrets, ensure_private_dir
+from .hosts import HostCheck
 from .jobs import Jobs
 from .lifecycle import KeyLifecycle
 from .models import ModelCatalog
@@ -30,6 +31,7 @@ from .typedefs import (
     CATALOG,
     CHECKER,
     CONFIG,
+    HOSTS,
     JOBS,
     LIFECYCLE,
     POOL,
@@ -87,7 +89,7 @@ async def _upstream(app: web.Application) -> AsyncIterator[None]:
     session = make_session()
     pool, settings, store = app[POOL], app[SETTINGS], app[STORE]
     app[UPSTREAM] = session
-    app[PROXY] = Proxy(pool, settings, store, session)
+    app[PROXY] = Proxy(pool, settings, store, session, app[HOSTS])
     app[CHECKER] = BalanceChecker(session, settings)
     app[LIFECYCLE] = KeyLifecycle(pool, store, settings, app[CHECKER])
     app[CATALOG] = ModelCatalog(session, pool, settings)
@@ -142,6 +144,7 @@ def create_app(config: Config) -> web.Application:
     # The proxy enforces the `max_body_mb` setting itself; this is only aiohttp's outer bound.
     app = web.Application(client_max_size=1024**3, middlewares=[admin_gate(cookie_storage(secrets.cookie_key))])
     app[CONFIG], app[SECRETS], app[THROTTLE] = config, secrets, LoginThrottle()
+    app[HOSTS] = HostCheck(config.allowed_hosts)
     app.cleanup_ctx.extend([_storage, _upstream, _jobs])
     app.router.add_get("/healthz", healthz)
     app.router.add_route("*", "/v1/{tail:.*}", forward)

@@ -95,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[h for h in env("SILICON_POOL_ALLOWED_HOSTS", "").split(",") if h.strip()],
         metavar="NAME",
-        help="a host name the admin answers to, besides IP addresses and localhost (repeatable; "
+        help="a host name the admin and /v1 answer to, besides IP addresses and localhost (repeatable; "
         "for a reverse proxy or a LAN name) [SILICON_POOL_ALLOWED_HOSTS, comma-separated]",
     )
     parser.add_argument(

@@ -21,6 +21,7 @@ import orjson
 from aiohttp import web
 from yarl import URL
 
+from .hosts import HostCheck
 from .pool import FREE, PAID, UNCHECKED, Key, KeyPool
 from .settings import Settings
 from .store import CallRecord, Store
@@ -57,6 +58,7 @@ ENDPOINTS = {
 }
 OTHER = Endpoint(False, token_usage)
 
+UNKNOWN_HOST = "Unknown Host name: use an IP address or localhost, or start silicon-pool with --allowed-host NAME"
 ONLY_PAID, ONLY_FREE, FREE_FIRST = (PAID,), (FREE,), (FREE, PAID)
 
 
@@ -112,8 +114,10 @@ class RequestRejected(Exception):
 class Proxy:
     """Forwards requests with keys from `pool`; reads everything else from `settings`."""
 
-    def __init__(self, pool: KeyPool, settings: Settings, store: Store, session: aiohttp.ClientSession) -> None:
-        self.pool, self.settings, self.store, self.session = pool, settings, store, session
+    def __init__(
+        self, pool: KeyPool, settings: Settings, store: Store, session: aiohttp.ClientSession, hosts: HostCheck
+    ) -> None:
+        self.pool, self.settings, self.store, self.session, self.hosts = pool, settings, store, session, hosts
         self._on_settings(set())
         settings.subscribe(self._on_settings)
 
@@ -147,6 +151,8 @@ class Proxy:
     async def _handle(self, request: web.Request, call: _Call) -> web.StreamResponse:
         endpoint = ENDPOINTS.get(call.path, OTHER)
         try:
+            if not self.hosts(request.headers.get("Host")):
+                raise RequestRejected(403, UNKNOWN_HOST, "unknown_host")
             caller = self._caller(request.headers.get("Authorization"))
             if caller is None:
                 raise RequestRejected(401, "Invalid API token: send the proxy's api_token as Bearer", "invalid_api_key")

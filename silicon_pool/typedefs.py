@@ -9,6 +9,7 @@ from .admin.auth import Account, LoginThrottle
 from .balance import BalanceChecker
 from .config import Config
 from .crypto import Secrets
+from .hosts import HostCheck
 from .jobs import Jobs
 from .lifecycle import KeyLifecycle
 from .models import ModelCatalog
@@ -30,3 +31,4 @@ JOBS = web.AppKey("jobs", Jobs)
 CATALOG = web.AppKey("catalog", ModelCatalog)
 ACCOUNT = web.AppKey("account", Account)
 THROTTLE = web.AppKey("throttle", LoginThrottle)
+HOSTS = web.AppKey("hosts", HostCheck)

@@ -248,7 +248,7 @@ async def test_client_leaving_mid_stream_is_not_blamed_on_the_key(proxy: Running
     reader, writer = await asyncio.open_connection("127.0.0.1", proxy.server.port)
     body = b'{"model": "deepseek-ai/DeepSeek-V3", "messages": [{"role": "user", "content": "x"}], "stream": true}'
     writer.write(
-        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
         b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
     )
     await reader.read(200)
@@ -280,7 +280,7 @@ async def test_absolute_form_request_line_goes_to_the_same_path(proxy: Running, 
     [secret] = paid_keys(fake, 1)
     await proxy.add_keys((secret, 10.0))
     reader, writer = await asyncio.open_connection("127.0.0.1", proxy.server.port)
-    writer.write(b"GET http://evil.example/v1/models?x=1 HTTP/1.1\r\nHost: evil.example\r\nConnection: close\r\n\r\n")
+    writer.write(b"GET http://127.0.0.1/v1/models?x=1 HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
     answer = await reader.read()
     writer.close()
     assert answer.startswith(b"HTTP/1.1 200")

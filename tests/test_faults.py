@@ -135,7 +135,7 @@ async def test_a_thousand_clients_that_connect_and_vanish(proxy: Running, fake: 
         for i in range(100):
             _, writer = await asyncio.open_connection("127.0.0.1", proxy.server.port)
             if i % 3 == 1:
-                writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 999\r\n\r\n{")
+                writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 999\r\n\r\n{")
             elif i % 3 == 2:
                 writer.write(b"GET /v1/mod")
             writers.append(writer)
@@ -154,7 +154,7 @@ async def test_a_body_that_never_finishes_times_out(proxy: Running, fake: FakeUp
     await proxy.set(read_timeout=1)
     reader, writer = await asyncio.open_connection("127.0.0.1", proxy.server.port)
     writer.write(
-        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
         b'Content-Length: 500\r\n\r\n{"model": '
     )
     async with asyncio.timeout(5):
@@ -200,7 +200,9 @@ async def test_a_base_url_without_v1_gets_a_hint(proxy: Running, http: aiohttp.C
 async def test_control_characters_in_headers_are_refused_and_harmless(proxy: Running, fake: FakeUpstream) -> None:
     await proxy.add_keys(*((s, 5.0) for s in paid_keys(fake, 1)))
     reader, writer = await asyncio.open_connection("127.0.0.1", proxy.server.port)
-    writer.write(b"GET /v1/models HTTP/1.1\r\nHost: x\r\nX-Bad: a\x01b\x7f\r\nAuthorization: Bearer \x00\r\n\r\n")
+    writer.write(
+        b"GET /v1/models HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Bad: a\x01b\x7f\r\nAuthorization: Bearer \x00\r\n\r\n"
+    )
     async with asyncio.timeout(5):
         answer = await reader.read(200)
     writer.close()
@@ -243,3 +245,18 @@ async def test_admin_refuses_garbage_and_stores_nothing_half_way(proxy: Running,
         assert resp.status == 202
     assert await proxy.store.read(lambda c: c.execute("SELECT COUNT(*) FROM keys").fetchone()[0]) == 0
     assert len(proxy.pool) == 0
+
+
+async def test_the_proxy_refuses_unknown_host_names(
+    proxy: Running, fake: FakeUpstream, http: aiohttp.ClientSession
+) -> None:
+    """A DNS-rebinding page could otherwise spend the user's keys through a proxy without api_token."""
+    await proxy.add_keys(*((s, 5.0) for s in paid_keys(fake, 1)))
+    async with http.post(
+        f"{proxy.base}/v1/chat/completions", json=BODY, headers={"Host": "rebind.evil.example"}
+    ) as resp:
+        assert resp.status == 403 and (await resp.json())["error"]["code"] == "unknown_host"
+    assert fake.requests == []
+    for host in ("localhost:7898", "127.0.0.1", "[::1]"):
+        async with http.get(f"{proxy.base}/v1/models", headers={"Host": host}) as resp:
+            assert resp.status == 200, host

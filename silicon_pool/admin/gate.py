@@ -8,14 +8,13 @@ whose Origin or Referer names another site gets 403.
 from __future__ import annotations
 
 import functools
-import ipaddress
 import warnings
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
 from aiohttp_session import AbstractStorage, session_middleware
 
-from ..typedefs import ACCOUNT, CONFIG, SETTINGS
+from ..typedefs import ACCOUNT, HOSTS, SETTINGS
 from .api import ApiError, dumps
 from .auth import current_session, same_origin
 from .pages import PAGES
@@ -46,25 +45,8 @@ def _error(status: int, message: str, headers: dict[str, str] | None = None) -> 
     return response
 
 
-def trusted_host(request: web.Request) -> bool:
-    """The Host names this server: an IP address, localhost, or a name the user allowed.
-
-    A page on another site that re-points its own domain at 127.0.0.1 (DNS rebinding) sends its
-    own name as Host and Origin alike; refusing unknown names keeps it out of the admin."""
-    host = request.url.host
-    if host is None:
-        return False
-    if host == "localhost" or host in request.app[CONFIG].allowed_hosts:
-        return True
-    try:
-        ipaddress.ip_address(host.strip("[]"))
-    except ValueError:
-        return False
-    return True
-
-
 async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
-    if not trusted_host(request):
+    if not request.app[HOSTS](request.headers.get("Host")):
         message = "unknown Host name: open the admin by IP or localhost, or start with --allowed-host NAME"
         if request.path.startswith("/api/"):
             return _error(403, message)
