@@ -23,8 +23,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -246,11 +246,18 @@ def percentile(values: list[float], share: float) -> float:
 # -- admin API timing --------------------------------------------------------------------------
 
 
-async def admin_timings(base: str, repeat: int = 10) -> dict[str, float]:
+@asynccontextmanager
+async def admin_session(base: str) -> AsyncIterator[aiohttp.ClientSession]:
+    """A client logged in to the admin as admin/admin (the bench's data dirs keep the default)."""
     jar = aiohttp.CookieJar(unsafe=True)
     async with aiohttp.ClientSession(base_url=base, cookie_jar=jar) as http:
         async with http.post("/api/login", json={"username": "admin", "password": "admin"}) as resp:
             assert resp.status == 200
+        yield http
+
+
+async def admin_timings(base: str, repeat: int = 10) -> dict[str, float]:
+    async with admin_session(base) as http:
         timings = {}
         for name, path in (
             ("stats API (month)", "/api/stats?range=month"),
@@ -272,10 +279,7 @@ async def admin_timings(base: str, repeat: int = 10) -> dict[str, float]:
 
 
 async def import_keys(base: str, count: int) -> tuple[float, dict]:
-    jar = aiohttp.CookieJar(unsafe=True)
-    async with aiohttp.ClientSession(base_url=base, cookie_jar=jar) as http:
-        async with http.post("/api/login", json={"username": "admin", "password": "admin"}) as resp:
-            assert resp.status == 200
+    async with admin_session(base) as http:
         paste = "\n".join(f"sk-{'import'}{i:042d}" for i in range(count))
         start = time.monotonic()
         async with http.post("/api/keys/import", json={"keys": paste}) as resp:
@@ -289,12 +293,8 @@ async def import_keys(base: str, count: int) -> tuple[float, dict]:
 
 
 async def set_strategy(base: str, strategy: str) -> None:
-    jar = aiohttp.CookieJar(unsafe=True)
-    async with aiohttp.ClientSession(base_url=base, cookie_jar=jar) as http:
-        async with http.post("/api/login", json={"username": "admin", "password": "admin"}) as resp:
-            assert resp.status == 200
-        async with http.patch("/api/settings", json={"strategy": strategy}) as resp:
-            assert resp.status == 200
+    async with admin_session(base) as http, http.patch("/api/settings", json={"strategy": strategy}) as resp:
+        assert resp.status == 200
 
 
 # -- the run -----------------------------------------------------------------------------------

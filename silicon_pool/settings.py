@@ -197,7 +197,7 @@ class Settings:
         async with self._lock:
             parsed = self.validate(changes)
             if self._persist is not None:
-                await self._persist({k: list(v) if isinstance(v, tuple) else v for k, v in parsed.items()})
+                await self._persist(parsed)
             self.apply(parsed)
             return parsed
 
