@@ -1,4 +1,7 @@
-"""The application factory: every resource opened and closed in one cleanup context."""
+"""The application factory: every resource opened and closed in one cleanup context.
+
+`/v1/*` is not routed here: the server hands it to the proxy directly (server.py).
+"""
 
 from __future__ import annotations
 
@@ -45,6 +48,7 @@ from .typedefs import (
 from .upstream import make_session
 
 log = logging.getLogger(__name__)
+GC_THRESHOLD = 20_000
 
 
 def _is_loopback(host: str) -> bool:
@@ -52,6 +56,17 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return host == "localhost"
+
+
+def _tune_gc() -> None:
+    """Keep the loaded pool out of every later collection, and collect less often.
+
+    A proxied request allocates a few hundred objects that die by refcount as it ends; at the
+    default threshold (700) the collector ran every few requests, for ~5% of throughput.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_THRESHOLD, *gc.get_threshold()[1:])
 
 
 async def _storage(app: web.Application) -> AsyncIterator[None]:
@@ -65,8 +80,7 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
             await settings.update({"upstream": config.upstream})
         pool = KeyPool(settings.strategy, on_change=store.save_key)
         pool.add_many(await store.load_keys())
-        gc.collect()
-        gc.freeze()  # the loaded pool is long-lived: keep it out of every later collection
+        _tune_gc()
         settings.subscribe(lambda changed: pool.set_strategy(settings.strategy) if "strategy" in changed else None)
         app[STORE], app[SETTINGS], app[POOL] = store, settings, pool
         app[ACCOUNT] = await load_account(store)
@@ -114,10 +128,6 @@ async def _jobs(app: web.Application) -> AsyncIterator[None]:
     await jobs.close()
 
 
-async def forward(request: web.Request) -> web.StreamResponse:
-    return await request.app[PROXY].handle(request)
-
-
 async def missing_v1(request: web.Request) -> web.Response:
     """A client whose base URL lacks /v1: say so in the format it reads."""
     return openai_error(
@@ -147,7 +157,6 @@ def create_app(config: Config) -> web.Application:
     app[HOSTS] = HostCheck(config.allowed_hosts)
     app.cleanup_ctx.extend([_storage, _upstream, _jobs])
     app.router.add_get("/healthz", healthz)
-    app.router.add_route("*", "/v1/{tail:.*}", forward)
     app.router.add_route(
         "*", r"/{endpoint:(chat/completions|completions|embeddings|models|rerank|images/generations)}", missing_v1
     )

@@ -10,13 +10,12 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from aiohttp import web
-
 from . import __version__
 from .admin.auth import reset_account
 from .app import create_app
 from .config import Config
 from .crypto import Secrets, ensure_private_dir
+from .server import run
 from .settings import BY_NAME, DEFAULT_UPSTREAM
 from .store import Store
 
@@ -153,20 +152,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     if config.host in ("0.0.0.0", "::"):
         shown = "127.0.0.1"
 
-    def announce(_banner: str) -> None:  # run_app calls this once the port is bound
+    def announce() -> None:
         log.info("silicon-pool %s is running: admin at http://%s:%d/", __version__, shown, config.port)
         log.info("point OpenAI clients at base URL http://%s:%d/v1", shown, config.port)
 
     try:
-        web.run_app(
-            app,
-            host=config.host,
-            port=config.port,
-            access_log=None,
-            handler_cancellation=True,
-            print=announce,
-            loop=_event_loop(),
-        )
+        run(app, config.host, config.port, announce, _event_loop())
     except OSError as exc:
         print(f"silicon-pool: cannot listen on {config.host}:{config.port}: {exc.strerror or exc}", file=sys.stderr)
         raise SystemExit(1) from None

@@ -60,6 +60,7 @@ OTHER = Endpoint(False, token_usage)
 
 UNKNOWN_HOST = "Unknown Host name: use an IP address or localhost, or start silicon-pool with --allowed-host NAME"
 ONLY_PAID, ONLY_FREE, FREE_FIRST = (PAID,), (FREE,), (FREE, PAID)
+MAX_CACHED_URLS = 256  # upstream URLs kept per path; odd paths (ids, queries) beyond that are built each time
 
 
 def openai_error(
@@ -70,7 +71,7 @@ def openai_error(
     return web.Response(status=status, body=body, content_type="application/json", headers={**CORS, **(headers or {})})
 
 
-def _is_json(request: web.Request) -> bool:
+def _is_json(request: web.BaseRequest) -> bool:
     """No Content-Type (curl -d sends a form type, many scripts none) or a JSON one."""
     if "Content-Type" not in request.headers:
         return True
@@ -82,6 +83,17 @@ def _is_json(request: web.Request) -> bool:
             content_type == "application/x-www-form-urlencoded"  # curl's default for -d
         )
     )
+
+
+async def _continue(request: web.BaseRequest) -> None:
+    """Answer `Expect: 100-continue`, or the client waits for a go-ahead before sending the body."""
+    expect = request.headers.get("Expect")
+    if expect is None or request.version < (1, 1):
+        return
+    if expect.lower() != "100-continue":
+        raise RequestRejected(417, f"Unsupported Expect: {expect[:50]}", "expectation_failed")
+    await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+    request.writer.output_size = 0  # the 100 is not part of the answer's size
 
 
 class _Call:
@@ -129,10 +141,20 @@ class Proxy:
         self._base = s.upstream
         self._body_limit = s.max_body_mb * 1024 * 1024
         self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=s.connect_timeout, sock_read=s.read_timeout)
+        self._urls: dict[str, URL] = {}
+
+    def _url(self, path_qs: str) -> URL:
+        """The upstream URL for a `/v1/...` path; the few paths clients use are built once."""
+        url = self._urls.get(path_qs)
+        if url is None:
+            url = URL(self._base + path_qs[3:], encoded=True)
+            if len(self._urls) < MAX_CACHED_URLS:
+                self._urls[path_qs] = url
+        return url
 
     # -- entry point --------------------------------------------------------------------------
 
-    async def handle(self, request: web.Request) -> web.StreamResponse:
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         if request.method == "OPTIONS":
             return self._preflight(request)
         call = _Call(request.path[4:], time.monotonic())  # the path after "/v1/"
@@ -148,7 +170,7 @@ class Proxy:
                 self._log(call, 500, call.key, error="internal proxy error")
             return openai_error(500, "Internal proxy error (代理内部错误)", "server_error", "internal_error")
 
-    async def _handle(self, request: web.Request, call: _Call) -> web.StreamResponse:
+    async def _handle(self, request: web.BaseRequest, call: _Call) -> web.StreamResponse:
         endpoint = ENDPOINTS.get(call.path, OTHER)
         try:
             if not self.hosts(request.headers.get("Host")):
@@ -186,17 +208,18 @@ class Proxy:
             return "none"
         return "main" if hmac.compare_digest(token, self._api_token) else None
 
-    async def _read_body(self, request: web.Request) -> bytes:
+    async def _read_body(self, request: web.BaseRequest) -> bytes:
         """The whole body, within `max_body_mb` and without a silence longer than `read_timeout`."""
-        if not request.body_exists:
-            return b""
         length = request.content_length
-        too_large = RequestRejected(413, f"Request body over {self.settings.max_body_mb} MB", "body_too_large")
         if length is not None and length > self._body_limit:
-            raise too_large
+            raise self._too_large()
         content = request.content
-        if length is not None and content.total_bytes >= length:  # all here already: no waiting, no timer
-            return await request.read()
+        if content.is_eof():  # all here already (the usual case): no waiting, no timer
+            body = content.read_nowait()
+            if len(body) > self._body_limit:
+                raise self._too_large()
+            return body
+        await _continue(request)
         chunks: list[bytes] = []
         size, silence = 0, self.settings.read_timeout
         loop = asyncio.get_running_loop()
@@ -205,12 +228,15 @@ class Proxy:
                 while chunk := await content.readany():
                     size += len(chunk)
                     if size > self._body_limit:
-                        raise too_large
+                        raise self._too_large()
                     chunks.append(chunk)
                     deadline.reschedule(loop.time() + silence)
         except TimeoutError:
             raise RequestRejected(408, "The request body stopped arriving (read_timeout)", "request_timeout") from None
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    def _too_large(self) -> RequestRejected:
+        return RequestRejected(413, f"Request body over {self.settings.max_body_mb} MB", "body_too_large")
 
     @staticmethod
     def _inspect(body: bytes, *, strict: bool) -> tuple[str | None, bool]:
@@ -231,7 +257,7 @@ class Proxy:
         return model, payload.get("stream") is True
 
     @staticmethod
-    def _preflight(request: web.Request) -> web.Response:
+    def _preflight(request: web.BaseRequest) -> web.Response:
         headers = dict(CORS)
         headers["Access-Control-Allow-Headers"] = request.headers.get("Access-Control-Request-Headers", "*")
         return web.Response(status=204, headers=headers)
@@ -239,10 +265,10 @@ class Proxy:
     # -- forwarding with failover -------------------------------------------------------------
 
     async def _forward(
-        self, request: web.Request, call: _Call, endpoint: Endpoint, body: bytes, tiers: tuple[int, ...]
+        self, request: web.BaseRequest, call: _Call, endpoint: Endpoint, body: bytes, tiers: tuple[int, ...]
     ) -> web.StreamResponse:
         headers = {k: v for k, v in request.headers.items() if k.lower() not in DROP_FROM_CLIENT}
-        url = URL(self._base + request.rel_url.raw_path_qs[3:], encoded=True)
+        url = self._url(request.rel_url.raw_path_qs)
         settings, pool = self.settings, self.pool
         failures: list[str] = []
         cooled = False
@@ -323,7 +349,7 @@ class Proxy:
     # -- relaying a successful answer ---------------------------------------------------------
 
     @staticmethod
-    def _reply_headers(upstream: aiohttp.ClientResponse, request: web.Request) -> dict[str, str]:
+    def _reply_headers(upstream: aiohttp.ClientResponse, request: web.BaseRequest) -> dict[str, str]:
         """The upstream's headers minus hop-by-hop ones; CORS only for browsers (they send Origin)."""
         headers = {k: v for k, v in upstream.headers.items() if k.lower() not in DROP_FROM_UPSTREAM}
         if "Origin" in request.headers:
@@ -331,7 +357,7 @@ class Proxy:
         return headers
 
     async def _relay(
-        self, request: web.Request, upstream: aiohttp.ClientResponse, key: Key, call: _Call, endpoint: Endpoint
+        self, request: web.BaseRequest, upstream: aiohttp.ClientResponse, key: Key, call: _Call, endpoint: Endpoint
     ) -> web.StreamResponse:
         if key.state == UNCHECKED:  # it just served a request, so it is a valid key
             self.pool.set_balance(key, key.balance)
@@ -345,7 +371,7 @@ class Proxy:
         return await self._relay_stream(request, upstream, key, call)
 
     async def _relay_stream(
-        self, request: web.Request, upstream: aiohttp.ClientResponse, key: Key, call: _Call
+        self, request: web.BaseRequest, upstream: aiohttp.ClientResponse, key: Key, call: _Call
     ) -> web.StreamResponse:
         """Write each upstream chunk the moment it arrives; SSE streams also yield their usage."""
         sse = StreamUsage() if upstream.content_type == "text/event-stream" else None

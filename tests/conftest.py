@@ -11,22 +11,31 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestServer
 from openai import AsyncOpenAI
 
 from silicon_pool.app import create_app
 from silicon_pool.config import Config
 from silicon_pool.pool import ACTIVE, Key, KeyPool
+from silicon_pool.server import PoolRunner
 from silicon_pool.store import DB_FILE, Store
 from silicon_pool.typedefs import POOL, SETTINGS, STORE
 from tests.fake_upstream import FakeUpstream, make_key
+
+
+class PoolTestServer(TestServer):
+    """A TestServer that serves the app as `run.py` does: `/v1/*` straight to the proxy."""
+
+    async def _make_runner(self, **kwargs: Any) -> web.BaseRunner:
+        return PoolRunner(self.app, **kwargs)
 
 
 @dataclass
 class Running:
     """A started proxy, with the shortcuts tests need."""
 
-    server: TestServer
+    server: PoolTestServer
     data_dir: Path
     clients: list[AsyncOpenAI] = field(default_factory=list)
 
@@ -100,7 +109,7 @@ async def start_proxy(upstream_url: str, tmp_path: Path) -> AsyncIterator[StartP
 
     async def start(data_dir: Path | None = None, **settings: Any) -> Running:
         config = Config(data_dir=data_dir or tmp_path / "data", upstream=upstream_url)
-        server = TestServer(create_app(config), host="127.0.0.1")
+        server = PoolTestServer(create_app(config), host="127.0.0.1")
         await server.start_server()
         proxy = Running(server, config.data_dir)
         running.append(proxy)

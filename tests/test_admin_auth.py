@@ -10,13 +10,12 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from aiohttp.test_utils import TestServer
 
 from silicon_pool.admin.auth import LoginThrottle
 from silicon_pool.admin.gate import PUBLIC
 from silicon_pool.app import create_app
 from silicon_pool.config import Config
-from tests.conftest import Running, StartProxy, login, paid_keys
+from tests.conftest import PoolTestServer, Running, StartProxy, login, paid_keys
 from tests.fake_upstream import FakeUpstream
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -187,7 +186,7 @@ async def test_reset_admin_from_the_command_line(start_proxy: StartProxy) -> Non
 async def test_default_password_on_an_open_host_is_a_loud_warning(
     host: str, loud: bool, tmp_path: Path, upstream_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    server = TestServer(create_app(Config(host=host, data_dir=tmp_path, upstream=upstream_url)), host="127.0.0.1")
+    server = PoolTestServer(create_app(Config(host=host, data_dir=tmp_path, upstream=upstream_url)), host="127.0.0.1")
     await server.start_server()
     await server.close()
     assert any("admin/admin" in r.getMessage() and r.levelname == "WARNING" for r in caplog.records) == loud
@@ -209,7 +208,7 @@ async def test_allowed_host_names_and_ip_literals_pass(
     tmp_path: Path, upstream_url: str, http: aiohttp.ClientSession
 ) -> None:
     config = Config(data_dir=tmp_path, upstream=upstream_url, allowed_hosts=("pool.lan",))
-    server = TestServer(create_app(config), host="127.0.0.1")
+    server = PoolTestServer(create_app(config), host="127.0.0.1")
     await server.start_server()
     try:
         for host in ("pool.lan", "localhost:1", "127.0.0.1", "[::1]:7898", "192.168.1.5"):

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import re
 
 import aiohttp
 import openai
+import orjson
 import pytest
 
 from silicon_pool.pool import INVALID
@@ -274,6 +276,23 @@ async def test_expect_continue_is_not_forwarded(
     async with http.post(f"{proxy.base}/v1/chat/completions", json=body, expect100=True) as resp:
         assert resp.status == 200
     assert "expect" not in fake.requests[-1].headers
+
+
+async def test_an_unknown_expectation_is_refused_before_a_key_is_spent(proxy: Running, fake: FakeUpstream) -> None:
+    [secret] = paid_keys(fake, 1)
+    await proxy.add_keys((secret, 10.0))
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.server.port)
+    writer.write(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 20\r\nExpect: 200-ok\r\n\r\n"
+    )
+    head = await reader.readuntil(b"\r\n\r\n")  # the body never comes: the answer must not wait for it
+    length = int(re.search(rb"Content-Length: (\d+)", head).group(1))  # type: ignore[union-attr]
+    body = await reader.readexactly(length)
+    writer.close()
+    assert head.startswith(b"HTTP/1.1 417")
+    assert orjson.loads(body)["error"]["code"] == "expectation_failed"
+    assert fake.requests == []
 
 
 async def test_absolute_form_request_line_goes_to_the_same_path(proxy: Running, fake: FakeUpstream) -> None:

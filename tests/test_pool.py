@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import random
 import time
 
 import pytest
@@ -80,6 +81,31 @@ def test_least_inflight_spreads_concurrent_requests() -> None:
     pool.release(key)
     pool.release(key)
     assert picks(pool, 1, release=False) == [3]  # now the least busy
+
+
+def test_least_inflight_always_picks_a_least_busy_key() -> None:
+    """Requests start and end in random order, keys rest and come back: every pick is a minimum."""
+    rng = random.Random(7)
+    pool = make_pool("least_inflight", [1.0] * 6)
+    held: list[Key] = []
+    for _ in range(3000):
+        roll = rng.random()
+        if roll < 0.5 or not held:
+            key = pool.acquire(BOTH)
+            assert key is not None
+            others = [k.inflight for k in pool.keys.values() if k is not key and k.tier is not None]
+            assert key.inflight - 1 <= min(others, default=key.inflight)
+            held.append(key)
+        elif roll < 0.95:
+            pool.release(held.pop(rng.randrange(len(held))))
+        else:  # a key set aside and put back, as failover and a disable do
+            key = pool.keys[rng.randint(1, 6)]
+            pool.set_enabled(key, False)
+            pool.set_enabled(key, True)
+    for key in held:
+        pool.release(key)
+    assert {k.inflight for k in pool.keys.values()} == {0}
+    assert sorted(picks(pool, 6, release=False)) == [1, 2, 3, 4, 5, 6]
 
 
 def test_round_robin_takes_turns() -> None:

@@ -1,8 +1,8 @@
 """One middleware in front of everything but the proxy: sessions, login, CSRF, JSON errors.
 
-`/v1/*` passes straight through (the proxy has its own token check and error format). For
-`/api/*`, a request without a session gets 401 (login alone is open), and an unsafe request
-whose Origin or Referer names another site gets 403.
+`/v1/*` never reaches it (server.py hands those to the proxy, which has its own token check and
+error format). For `/api/*`, a request without a session gets 401 (login alone is open), and an
+unsafe request whose Origin or Referer names another site gets 403.
 """
 
 from __future__ import annotations
@@ -31,8 +31,6 @@ def admin_gate(storage: AbstractStorage) -> web.middleware:
 
     @web.middleware
     async def gate(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path.startswith("/v1/"):
-            return await handler(request)
         return await sessions(request, functools.partial(_guard, handler=handler))
 
     return gate
