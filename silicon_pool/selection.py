@@ -185,9 +185,18 @@ class InflightIndex:
         return None
 
     def rescore(self, key: Key) -> None:
-        if key.inflight != key._score:
-            self.discard(key)
-            self.add(key)
+        """Move `key` to the level of its current count (called twice per request: keep it lean)."""
+        level = key.inflight
+        if level == key._score:
+            return
+        levels = self._levels
+        levels[int(key._score)].remove(key)
+        if level == len(levels):
+            levels.append(Ring())
+        key._score = level
+        levels[level].add(key)
+        if level < self._low:
+            self._low = level
 
 
 def _balance_or(default: float) -> Callable[[Key], float]:

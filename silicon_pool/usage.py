@@ -8,6 +8,7 @@ object once, when the stream ends.
 
 from __future__ import annotations
 
+import re
 from typing import NamedTuple
 
 import orjson
@@ -22,29 +23,26 @@ class Usage(NamedTuple):
 
 NO_USAGE = Usage()
 _TAIL = 64 * 1024
-_SPACE = b" \t\r\n"
+_COLON_BRACE = re.compile(rb"[ \t\r\n]*:[ \t\r\n]*\{")  # what follows a key whose value is an object
 
 
 def _object_after(body: bytes | bytearray, name: bytes) -> dict | None:
     """The JSON object that is the value of the last `"name":` in `body`, if there is one."""
     pos = len(body)
     while (pos := body.rfind(name, 0, pos)) >= 0:
-        i = pos + len(name)
-        while i < len(body) and body[i] in _SPACE:
-            i += 1
-        if i < len(body) and body[i] == 0x3A:  # ':'
-            i += 1
-            while i < len(body) and body[i] in _SPACE:
-                i += 1
-            if i < len(body) and body[i] == 0x7B:  # '{'
-                end = _closing_brace(body, i)
-                if end > 0:
-                    try:
-                        value = orjson.loads(bytes(body[i : end + 1]))
-                    except orjson.JSONDecodeError:
-                        continue
-                    if isinstance(value, dict):
-                        return value
+        opening = _COLON_BRACE.match(body, pos + len(name))
+        if opening is None:
+            continue
+        start = opening.end() - 1
+        end = _closing_brace(body, start)
+        if end < 0:
+            continue
+        try:
+            value = orjson.loads(body[start : end + 1])
+        except orjson.JSONDecodeError:
+            continue
+        if isinstance(value, dict):
+            return value
     return None
 
 
@@ -65,7 +63,10 @@ _MAX_TOKENS = 2**53  # beyond any real count, and within what SQLite stores
 
 
 def _int(value: object) -> int:
-    return min(max(value, 0), _MAX_TOKENS) if isinstance(value, int) and not isinstance(value, bool) else 0
+    """A token count as stored: a JSON integer clamped to range, else 0 (never a bool, float or string)."""
+    if type(value) is not int:
+        return 0
+    return value if 0 <= value <= _MAX_TOKENS else 0 if value < 0 else _MAX_TOKENS
 
 
 def token_usage(body: bytes | bytearray) -> Usage:
