@@ -183,7 +183,8 @@ class KeyPool:
 
     def acquire(self, tiers: tuple[int, ...], exclude: tuple[int, ...] = ()) -> Key | None:
         """Pick a key from the first tier that has one, skipping ids in `exclude`, and count its use."""
-        self.revive()
+        if self._cooling[PAID] or self._cooling[FREE]:
+            self.revive()
         for tier in tiers:
             index = self._indexes[tier]
             key = index.pick()

@@ -72,9 +72,21 @@ def openai_error(
 
 
 def media_type(headers: Mapping[str, str]) -> str:
-    """The Content-Type without its parameters: aiohttp's full parse costs a microsecond a message."""
+    """The Content-Type without its parameters: aiohttp's full parse costs a microsecond a message,
+    and the few distinct values seen (`application/json; charset=utf-8`...) are remembered."""
     raw = headers.get("Content-Type")
-    return raw.partition(";")[0].strip().lower() if raw else "application/octet-stream"
+    if raw is None:
+        return "application/octet-stream"
+    media = _MEDIA_TYPES.get(raw)
+    if media is None:
+        media = raw.partition(";")[0].strip().lower()
+        if len(_MEDIA_TYPES) < MAX_CACHED_MEDIA_TYPES:
+            _MEDIA_TYPES[raw] = media
+    return media
+
+
+_MEDIA_TYPES: dict[str, str] = {}
+MAX_CACHED_MEDIA_TYPES = 64
 
 
 def _is_json(request: web.BaseRequest) -> bool:
@@ -159,11 +171,22 @@ class Proxy:
     # -- entry point --------------------------------------------------------------------------
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        """Admit the request, forward it, and log it exactly once, whatever happens."""
         if request.method == "OPTIONS":
             return self._preflight(request)
         call = _Call(request.path[4:], time.monotonic())  # the path after "/v1/"
         try:
-            return await self._handle(request, call)
+            endpoint = ENDPOINTS.get(call.path, OTHER)
+            try:
+                self._admit(request, call, endpoint)
+                body = self._body_if_here(request)
+                if body is None:
+                    body = await self._read_body(request)
+                self._inspect(request, call, endpoint, body)
+            except RequestRejected as exc:
+                self._log(call, exc.status, None, error=exc.message)
+                return openai_error(exc.status, exc.message, "invalid_request_error", exc.code)
+            return await self._forward(request, call, endpoint, body, self._tiers(call))
         except asyncio.CancelledError:  # the client went away
             if not call.logged:
                 self._log(call, 499, call.key, error="client disconnected")
@@ -174,32 +197,25 @@ class Proxy:
                 self._log(call, 500, call.key, error="internal proxy error")
             return openai_error(500, "Internal proxy error (代理内部错误)", "server_error", "internal_error")
 
-    async def _handle(self, request: web.BaseRequest, call: _Call) -> web.StreamResponse:
-        endpoint = ENDPOINTS.get(call.path, OTHER)
-        try:
-            if not self.hosts(request.headers.get("Host")):
-                raise RequestRejected(403, UNKNOWN_HOST, "unknown_host")
-            caller = self._caller(request.headers.get("Authorization"))
-            if caller is None:
-                raise RequestRejected(401, "Invalid API token: send the proxy's api_token as Bearer", "invalid_api_key")
-            call.caller = caller
-            if endpoint.json_body and request.method == "POST" and not _is_json(request):
-                raise RequestRejected(415, "Content-Type must be application/json", "unsupported_media_type")
-            body = await self._read_body(request)
-            if body and (endpoint.json_body or media_type(request.headers) == "application/json"):
-                call.model, call.stream = self._inspect(body, strict=endpoint.json_body)
-            elif endpoint.json_body and request.method == "POST":
-                raise RequestRejected(400, "The request body must be a JSON object", "invalid_json")
-        except RequestRejected as exc:
-            self._log(call, exc.status, None, error=exc.message)
-            return openai_error(exc.status, exc.message, "invalid_request_error", exc.code)
+    def _admit(self, request: web.BaseRequest, call: _Call, endpoint: Endpoint) -> None:
+        """Host, token and content type: refused here, a request costs no key."""
+        headers = request.headers
+        if not self.hosts(headers.get("Host")):
+            raise RequestRejected(403, UNKNOWN_HOST, "unknown_host")
+        caller = self._caller(headers.get("Authorization"))
+        if caller is None:
+            raise RequestRejected(401, "Invalid API token: send the proxy's api_token as Bearer", "invalid_api_key")
+        call.caller = caller
+        if endpoint.json_body and request.method == "POST" and not _is_json(request):
+            raise RequestRejected(415, "Content-Type must be application/json", "unsupported_media_type")
+
+    def _tiers(self, call: _Call) -> tuple[int, ...]:
+        """Free-token callers use zero-balance keys only; free models try them first."""
         if call.caller == "free":
-            tiers = ONLY_FREE
-        elif call.model is not None and call.model in self.settings.free_model_set:
-            tiers = FREE_FIRST
-        else:
-            tiers = ONLY_PAID
-        return await self._forward(request, call, endpoint, body, tiers)
+            return ONLY_FREE
+        if call.model is not None and call.model in self.settings.free_model_set:
+            return FREE_FIRST
+        return ONLY_PAID
 
     def _caller(self, authorization: str | None) -> str | None:
         """ "main", "free" or "none" (no api_token set); None when the token is wrong."""
@@ -212,17 +228,22 @@ class Proxy:
             return "none"
         return "main" if hmac.compare_digest(token, self._api_token) else None
 
-    async def _read_body(self, request: web.BaseRequest) -> bytes:
-        """The whole body, within `max_body_mb` and without a silence longer than `read_timeout`."""
+    def _body_if_here(self, request: web.BaseRequest) -> bytes | None:
+        """The whole body if it has all arrived (the usual case: no waiting, no timer), else None."""
         length = request.content_length
         if length is not None and length > self._body_limit:
             raise self._too_large()
         content = request.content
-        if content.is_eof():  # all here already (the usual case): no waiting, no timer
-            body = content.read_nowait()
-            if len(body) > self._body_limit:
-                raise self._too_large()
-            return body
+        if not content.is_eof():
+            return None
+        body = content.read_nowait()
+        if len(body) > self._body_limit:
+            raise self._too_large()
+        return body
+
+    async def _read_body(self, request: web.BaseRequest) -> bytes:
+        """The rest of the body, within `max_body_mb` and without a silence longer than `read_timeout`."""
+        content = request.content
         await _continue(request)
         chunks: list[bytes] = []
         size, silence = 0, self.settings.read_timeout
@@ -243,8 +264,13 @@ class Proxy:
         return RequestRejected(413, f"Request body over {self.settings.max_body_mb} MB", "body_too_large")
 
     @staticmethod
-    def _inspect(body: bytes, *, strict: bool) -> tuple[str | None, bool]:
+    def _inspect(request: web.BaseRequest, call: _Call, endpoint: Endpoint, body: bytes) -> None:
         """The model and stream flag; on a JSON endpoint anything but a JSON object is refused."""
+        strict = endpoint.json_body
+        if not body or not (strict or media_type(request.headers) == "application/json"):
+            if strict and request.method == "POST":
+                raise RequestRejected(400, "The request body must be a JSON object", "invalid_json")
+            return
         try:
             payload = orjson.loads(body)
         except orjson.JSONDecodeError:
@@ -252,13 +278,13 @@ class Proxy:
         if not isinstance(payload, dict):
             if strict:
                 raise RequestRejected(400, "The request body must be a JSON object", "invalid_json")
-            return None, False
+            return
         model = payload.get("model")
-        if not isinstance(model, str) or not model:
-            if strict:
-                raise RequestRejected(400, "The request needs a model (a model id string)", "model_required")
-            model = None
-        return model, payload.get("stream") is True
+        if isinstance(model, str) and model:
+            call.model = model
+        elif strict:
+            raise RequestRejected(400, "The request needs a model (a model id string)", "model_required")
+        call.stream = payload.get("stream") is True
 
     @staticmethod
     def _preflight(request: web.BaseRequest) -> web.Response:

@@ -24,21 +24,26 @@ class Usage(NamedTuple):
 NO_USAGE = Usage()
 _TAIL = 64 * 1024
 _COLON_BRACE = re.compile(rb"[ \t\r\n]*:[ \t\r\n]*\{")  # what follows a key whose value is an object
+_FLAT_OBJECT = re.compile(rb"[ \t\r\n]*:[ \t\r\n]*(\{[^{}]*\})")  # ...when that object holds no other
 
 
 def _object_after(body: bytes | bytearray, name: bytes) -> dict | None:
     """The JSON object that is the value of the last `"name":` in `body`, if there is one."""
     pos = len(body)
     while (pos := body.rfind(name, 0, pos)) >= 0:
-        opening = _COLON_BRACE.match(body, pos + len(name))
-        if opening is None:
-            continue
-        start = opening.end() - 1
-        end = _closing_brace(body, start)
-        if end < 0:
-            continue
+        flat = _FLAT_OBJECT.match(body, pos + len(name))  # the usual case: found and cut in one step
+        if flat is not None:
+            start, end = flat.span(1)
+        else:
+            opening = _COLON_BRACE.match(body, pos + len(name))
+            if opening is None:
+                continue
+            start = opening.end() - 1
+            end = _closing_brace(body, start) + 1
+            if end <= 0:
+                continue
         try:
-            value = orjson.loads(body[start : end + 1])
+            value = orjson.loads(body[start:end])
         except orjson.JSONDecodeError:
             continue
         if isinstance(value, dict):
