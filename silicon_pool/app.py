@@ -151,8 +151,7 @@ async def healthz(request: web.Request) -> web.Response:
 def create_app(config: Config) -> web.Application:
     ensure_private_dir(config.data_dir)
     secrets = Secrets(config.data_dir)
-    # The proxy enforces the `max_body_mb` setting itself; this is only aiohttp's outer bound.
-    app = web.Application(client_max_size=1024**3, middlewares=[admin_gate(cookie_storage(secrets.cookie_key))])
+    app = web.Application(middlewares=[admin_gate(cookie_storage(secrets.cookie_key))])
     app[CONFIG], app[SECRETS], app[THROTTLE] = config, secrets, LoginThrottle()
     app[HOSTS] = HostCheck(config.allowed_hosts)
     app.cleanup_ctx.extend([_storage, _upstream, _jobs])

@@ -161,12 +161,7 @@ class InflightIndex:
         return self._size
 
     def add(self, key: Key) -> None:
-        level = key._score = key.inflight
-        levels = self._levels
-        while len(levels) <= level:
-            levels.append(Ring())
-        levels[level].add(key)
-        self._low = min(self._low, level)
+        self._put(key)
         self._size += 1
 
     def discard(self, key: Key) -> None:
@@ -185,15 +180,16 @@ class InflightIndex:
         return None
 
     def rescore(self, key: Key) -> None:
-        """Move `key` to the level of its current count (called twice per request: keep it lean)."""
-        level = key.inflight
-        if level == key._score:
-            return
+        """Move `key` to the level of its current count (twice per request: no discard/add pair)."""
+        if key.inflight != key._score:
+            self._levels[int(key._score)].remove(key)
+            self._put(key)
+
+    def _put(self, key: Key) -> None:
+        level = key._score = key.inflight
         levels = self._levels
-        levels[int(key._score)].remove(key)
-        if level == len(levels):
+        while len(levels) <= level:
             levels.append(Ring())
-        key._score = level
         levels[level].add(key)
         if level < self._low:
             self._low = level
