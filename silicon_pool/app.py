@@ -22,6 +22,7 @@ from .balance import BalanceChecker
 from .config import Config
 from .crypto import Secrets, ensure_private_dir
 from .hosts import HostCheck
+from .http1 import Http1Client
 from .jobs import Jobs
 from .lifecycle import KeyLifecycle
 from .models import ModelCatalog
@@ -99,15 +100,16 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _upstream(app: web.Application) -> AsyncIterator[None]:
-    """The shared upstream client, and everything that talks through it."""
-    session = make_session()
+    """The upstream clients (the proxy's lean one, aiohttp for the admin), and what talks through them."""
+    session, client = make_session(), Http1Client()
     pool, settings, store = app[POOL], app[SETTINGS], app[STORE]
     app[UPSTREAM] = session
-    app[PROXY] = Proxy(pool, settings, store, session, app[HOSTS])
+    app[PROXY] = Proxy(pool, settings, store, client, app[HOSTS])
     app[CHECKER] = BalanceChecker(session, settings)
     app[LIFECYCLE] = KeyLifecycle(pool, store, settings, app[CHECKER])
     app[CATALOG] = ModelCatalog(session, pool, settings)
     yield
+    await client.close()
     await session.close()
 
 

@@ -12,16 +12,14 @@ import asyncio
 import hmac
 import logging
 import time
-import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 
-import aiohttp
 import orjson
 from aiohttp import web
-from yarl import URL
 
 from .hosts import HostCheck
+from .http1 import Answer, Http1Client, Target, UpstreamError, target
 from .pool import FREE, PAID, UNCHECKED, Key, KeyPool
 from .settings import Settings
 from .store import CallRecord, Store
@@ -29,10 +27,8 @@ from .upstream import DROP_FROM_CLIENT, DROP_FROM_UPSTREAM, Outcome, classify, d
 from .usage import NO_USAGE, StreamUsage, Usage, image_usage, token_usage
 
 log = logging.getLogger(__name__)
-# The body is already in memory and goes out in one write: aiohttp's advice for big bodies doesn't apply.
-warnings.filterwarnings("ignore", "Sending a large body directly", ResourceWarning)
 
-UPSTREAM_FAILURES = (aiohttp.ClientError, TimeoutError)
+UPSTREAM_FAILURES = (UpstreamError, TimeoutError)
 CORS = {
     "Access-Control-Allow-Origin": "*",
     "Access-Control-Allow-Methods": "GET, POST, PUT, PATCH, DELETE, OPTIONS",
@@ -60,7 +56,7 @@ OTHER = Endpoint(False, token_usage)
 
 UNKNOWN_HOST = "Unknown Host name: use an IP address or localhost, or start silicon-pool with --allowed-host NAME"
 ONLY_PAID, ONLY_FREE, FREE_FIRST = (PAID,), (FREE,), (FREE, PAID)
-MAX_CACHED_URLS = 256  # upstream URLs kept per path; odd paths (ids, queries) beyond that are built each time
+MAX_CACHED_TARGETS = 256  # upstream targets kept per path; odd paths (ids, queries) beyond that are parsed each time
 
 
 def openai_error(
@@ -71,10 +67,9 @@ def openai_error(
     return web.Response(status=status, body=body, content_type="application/json", headers={**CORS, **(headers or {})})
 
 
-def media_type(headers: Mapping[str, str]) -> str:
-    """The Content-Type without its parameters: aiohttp's full parse costs a microsecond a message,
+def media_type(raw: str | None) -> str:
+    """A Content-Type without its parameters: aiohttp's full parse costs a microsecond a message,
     and the few distinct values seen (`application/json; charset=utf-8`...) are remembered."""
-    raw = headers.get("Content-Type")
     if raw is None:
         return "application/octet-stream"
     media = _MEDIA_TYPES.get(raw)
@@ -93,7 +88,7 @@ def _is_json(request: web.BaseRequest) -> bool:
     """No Content-Type (curl -d sends a form type, many scripts none) or a JSON one."""
     if "Content-Type" not in request.headers:
         return True
-    content_type = media_type(request.headers)
+    content_type = media_type(request.headers.get("Content-Type"))
     return (
         content_type == "application/json"
         or content_type.endswith("+json")
@@ -142,10 +137,8 @@ class RequestRejected(Exception):
 class Proxy:
     """Forwards requests with keys from `pool`; reads everything else from `settings`."""
 
-    def __init__(
-        self, pool: KeyPool, settings: Settings, store: Store, session: aiohttp.ClientSession, hosts: HostCheck
-    ) -> None:
-        self.pool, self.settings, self.store, self.session, self.hosts = pool, settings, store, session, hosts
+    def __init__(self, pool: KeyPool, settings: Settings, store: Store, client: Http1Client, hosts: HostCheck) -> None:
+        self.pool, self.settings, self.store, self.client, self.hosts = pool, settings, store, client, hosts
         self._on_settings(set())
         settings.subscribe(self._on_settings)
 
@@ -156,17 +149,17 @@ class Proxy:
         self._free_token = s.free_token.encode()
         self._base = s.upstream
         self._body_limit = s.max_body_mb * 1024 * 1024
-        self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=s.connect_timeout, sock_read=s.read_timeout)
-        self._urls: dict[str, URL] = {}
+        self._connect_timeout, self._read_timeout = s.connect_timeout, s.read_timeout
+        self._targets: dict[str, Target] = {}
 
-    def _url(self, path_qs: str) -> URL:
-        """The upstream URL for a `/v1/...` path; the few paths clients use are built once."""
-        url = self._urls.get(path_qs)
-        if url is None:
-            url = URL(self._base + path_qs[3:], encoded=True)
-            if len(self._urls) < MAX_CACHED_URLS:
-                self._urls[path_qs] = url
-        return url
+    def _target(self, path_qs: str) -> Target:
+        """Where a `/v1/...` path goes upstream; the few paths clients use are parsed once."""
+        found = self._targets.get(path_qs)
+        if found is None:
+            found = target(self._base + path_qs[3:])
+            if len(self._targets) < MAX_CACHED_TARGETS:
+                self._targets[path_qs] = found
+        return found
 
     # -- entry point --------------------------------------------------------------------------
 
@@ -267,7 +260,7 @@ class Proxy:
     def _inspect(request: web.BaseRequest, call: _Call, endpoint: Endpoint, body: bytes) -> None:
         """The model and stream flag; on a JSON endpoint anything but a JSON object is refused."""
         strict = endpoint.json_body
-        if not body or not (strict or media_type(request.headers) == "application/json"):
+        if not body or not (strict or media_type(request.headers.get("Content-Type")) == "application/json"):
             if strict and request.method == "POST":
                 raise RequestRejected(400, "The request body must be a JSON object", "invalid_json")
             return
@@ -298,7 +291,7 @@ class Proxy:
         self, request: web.BaseRequest, call: _Call, endpoint: Endpoint, body: bytes, tiers: tuple[int, ...]
     ) -> web.StreamResponse:
         headers = {k: v for k, v in request.headers.items() if k.lower() not in DROP_FROM_CLIENT}
-        url = self._url(request.rel_url.raw_path_qs)
+        where = self._target(request.rel_url.raw_path_qs)
         settings, pool = self.settings, self.pool
         failures: list[str] = []
         cooled = False
@@ -310,8 +303,13 @@ class Proxy:
             call.key = key
             headers["Authorization"] = key.auth
             try:
-                upstream = await self.session.request(
-                    request.method, url, data=body, headers=headers, timeout=self._timeout, allow_redirects=False
+                upstream = await self.client.request(
+                    request.method,
+                    where,
+                    headers,
+                    body,
+                    connect_timeout=self._connect_timeout,
+                    read_timeout=self._read_timeout,
                 )
             except BaseException as exc:
                 pool.release(key)
@@ -379,19 +377,19 @@ class Proxy:
     # -- relaying a successful answer ---------------------------------------------------------
 
     @staticmethod
-    def _reply_headers(upstream: aiohttp.ClientResponse, request: web.BaseRequest) -> dict[str, str]:
+    def _reply_headers(upstream: Answer, request: web.BaseRequest) -> dict[str, str]:
         """The upstream's headers minus hop-by-hop ones; CORS only for browsers (they send Origin)."""
-        headers = {k: v for k, v in upstream.headers.items() if k.lower() not in DROP_FROM_UPSTREAM}
+        headers = {k: v for k, v in upstream.headers if k.lower() not in DROP_FROM_UPSTREAM}
         if "Origin" in request.headers:
             headers.update(CORS)
         return headers
 
     async def _relay(
-        self, request: web.BaseRequest, upstream: aiohttp.ClientResponse, key: Key, call: _Call, endpoint: Endpoint
+        self, request: web.BaseRequest, upstream: Answer, key: Key, call: _Call, endpoint: Endpoint
     ) -> web.StreamResponse:
         if key.state == UNCHECKED:  # it just served a request, so it is a valid key
             self.pool.set_balance(key, key.balance)
-        content_type = media_type(upstream.headers)
+        content_type = media_type(upstream.content_type)
         if content_type == "application/json":
             answer = await upstream.read()
             self._log(call, upstream.status, key, time.monotonic(), endpoint.usage(answer))
@@ -401,15 +399,14 @@ class Proxy:
         return await self._relay_stream(request, upstream, key, call, content_type == "text/event-stream")
 
     async def _relay_stream(
-        self, request: web.BaseRequest, upstream: aiohttp.ClientResponse, key: Key, call: _Call, is_sse: bool
+        self, request: web.BaseRequest, upstream: Answer, key: Key, call: _Call, is_sse: bool
     ) -> web.StreamResponse:
         """Write each upstream chunk the moment it arrives; SSE streams also yield their usage.
 
         A chunk read after the upstream has already ended goes out with the end of the answer,
         in one write: nothing is held back, one system call is saved."""
         sse = StreamUsage() if is_sse else None
-        content = upstream.content
-        chunk = await content.readany()  # a failure here may still move on to another key
+        chunk = await upstream.readany()  # a failure here may still move on to another key
         response = web.StreamResponse(status=upstream.status, headers=self._reply_headers(upstream, request))
         if sse is not None:
             response.headers.update(SSE_HEADERS)
@@ -421,20 +418,20 @@ class Proxy:
             while chunk:
                 if sse is not None:
                     sse.feed(chunk)
-                ended = content.at_eof()
+                ended = upstream.at_eof()
                 if ended:  # the upstream is done: this chunk and the end of the answer go out together
                     await response.write_eof(chunk)
                 else:
                     await response.write(chunk)
                 if first_byte is None:
                     first_byte = time.monotonic()
-                chunk = b"" if ended else await content.readany()
+                chunk = b"" if ended else await upstream.readany()
             await response.write_eof()
         except asyncio.CancelledError:
             status, error = 499, "client disconnected"
             raise
-        except ConnectionResetError:  # a write to a client that left (before the upstream failures:
-            status, error = 499, "client disconnected"  # aiohttp's reset error is both kinds)
+        except ConnectionResetError:  # a write to a client that left
+            status, error = 499, "client disconnected"
         except UPSTREAM_FAILURES as exc:
             error = describe_exception(exc)
             self.pool.note_error(key, error)

@@ -1,4 +1,5 @@
-"""The one HTTP client to SiliconFlow, and what its error answers mean for a key."""
+"""The admin's HTTP client to SiliconFlow, the headers a proxied request sheds, and what the
+upstream's error answers mean for a key. Proxied requests go through `http1.Http1Client`."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import orjson
 from .redact import scrub
 
 # Headers that describe one hop, not the message (RFC 9110 §7.6.1), plus those the proxy owns:
-# the key goes in Authorization, aiohttp frames the body, the admin's cookie stays here.
+# the key goes in Authorization, the proxy frames the body and asks for it uncompressed (so usage
+# can be read from it), the admin's cookie stays here.
 HOP_BY_HOP = frozenset(
     {
         "connection",
@@ -25,13 +27,14 @@ HOP_BY_HOP = frozenset(
         "upgrade",
     }
 )
-# The body is already read, so a client's `Expect: 100-continue` must not make aiohttp wait for a 100.
+# The body is already read, so a client's `Expect: 100-continue` is answered by the proxy, not passed on.
 DROP_FROM_CLIENT = HOP_BY_HOP | {"host", "authorization", "content-length", "accept-encoding", "cookie", "expect"}
-DROP_FROM_UPSTREAM = HOP_BY_HOP | {"content-length", "content-encoding", "set-cookie", "server", "date"}
+# An upstream that compresses although asked not to is relayed as it is, with its Content-Encoding.
+DROP_FROM_UPSTREAM = HOP_BY_HOP | {"content-length", "set-cookie", "server", "date"}
 
 
 def make_session() -> aiohttp.ClientSession:
-    """One pooled client for the whole process: no connection cap, no cookies kept."""
+    """The admin's pooled client (balance checks, the model list): no connection cap, no cookies kept."""
     connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=60)
     return aiohttp.ClientSession(
         connector=connector,

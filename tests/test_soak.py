@@ -13,7 +13,7 @@ import resource
 
 import aiohttp
 
-from silicon_pool.typedefs import UPSTREAM
+from silicon_pool.typedefs import PROXY
 from tests.conftest import Running, paid_keys
 from tests.fake_upstream import FakeUpstream
 
@@ -84,8 +84,7 @@ async def test_soak(proxy: Running, fake: FakeUpstream) -> None:
 
     rows = await proxy.calls()
     assert sent > 500 and len(rows) == sent
-    connector = proxy.server.app[UPSTREAM].connector
-    assert connector is not None and not connector._acquired  # nothing checked out and forgotten
+    assert not proxy.server.app[PROXY].client.busy  # no upstream connection checked out and forgotten
     assert len(os.listdir("/proc/self/fd")) <= fds_before + 40
     settled = rss_samples[len(rss_samples) // 3]
     assert rss_samples[-1] - settled < 40, rss_samples

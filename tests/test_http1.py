@@ -1,0 +1,424 @@
+"""The proxy's HTTP/1.1 client against scripted upstreams, on both event loops it runs on.
+
+Each upstream here is a raw asyncio server that writes exactly the bytes a test wants (good,
+odd and broken framing alike); production runs on uvloop and the rest of the suite on the
+standard loop, so every test runs on both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import ssl
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import pytest
+import uvloop
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from silicon_pool.http1 import (
+    HIGH_WATER,
+    WATCH_SECONDS,
+    Answer,
+    ConnectFailed,
+    Disconnected,
+    Http1Client,
+    ProtocolError,
+    UpstreamTimeout,
+    target,
+)
+
+Script = Callable[["Upstream", asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+Body = Callable[["Upstream", Http1Client], Awaitable[None]]
+OK = b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 7\r\n\r\n{"a":1}'
+
+
+class Upstream:
+    """A raw server that runs `script` on every connection it accepts and keeps what it read."""
+
+    def __init__(self, script: Script) -> None:
+        self.script = script
+        self.connections = 0
+        self.requests: list[bytes] = []
+        self.writers: list[asyncio.StreamWriter] = []
+
+    async def start(self, tls: ssl.SSLContext | None = None) -> None:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0, ssl=tls)
+        self.port = self.server.sockets[0].getsockname()[1]
+
+    def close(self) -> None:
+        self.server.close()
+        for writer in self.writers:
+            writer.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        self.writers.append(writer)
+        try:
+            await self.script(self, reader, writer)
+        except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError):
+            pass
+        finally:
+            writer.close()
+
+    def url(self, path: str = "/v1/chat/completions", host: str = "127.0.0.1", scheme: str = "http") -> str:
+        return f"{scheme}://{host}:{self.port}{path}"
+
+    async def read_request(self, reader: asyncio.StreamReader) -> bytes:
+        head = await reader.readuntil(b"\r\n\r\n")
+        lengths = [int(line[15:]) for line in head.lower().split(b"\r\n") if line.startswith(b"content-length:")]
+        message = head + await reader.readexactly(lengths[0] if lengths else 0)
+        self.requests.append(message)
+        return message
+
+
+@pytest.fixture(params=["asyncio", "uvloop"])
+def run(request: pytest.FixtureRequest) -> Callable[..., None]:
+    """run(script, body): an upstream running `script`, a client, and `body(upstream, client)`, on
+    a fresh loop of the parametrized kind; both are closed afterwards, whatever happened."""
+    factory = asyncio.new_event_loop if request.param == "asyncio" else uvloop.new_event_loop
+
+    def runner(
+        script: Script, body: Body, tls: ssl.SSLContext | None = None, trust: ssl.SSLContext | None = None
+    ) -> None:
+        async def main() -> None:
+            upstream = Upstream(script)
+            await upstream.start(tls)
+            client = Http1Client(trust)
+            try:
+                async with asyncio.timeout(20):
+                    await body(upstream, client)
+            finally:
+                await client.close()
+                upstream.close()
+
+        with asyncio.Runner(loop_factory=factory) as loop_runner:
+            loop_runner.run(main())
+
+    return runner
+
+
+def answering(*answers: bytes, then_close: bool = False) -> Script:
+    """A script that reads one request per answer and writes the answers in turn."""
+
+    async def script(upstream: Upstream, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        for answer in answers:
+            await upstream.read_request(reader)
+            writer.write(answer)
+            await writer.drain()
+        if not then_close:
+            await reader.read()  # keep the connection open until the client closes it
+
+    return script
+
+
+async def send(
+    client: Http1Client, url: str, body: bytes = b"{}", method: str = "POST", read_timeout: float = 5
+) -> Answer:
+    return await client.request(
+        method, target(url), {"Authorization": "Bearer sk-x"}, body, connect_timeout=2, read_timeout=read_timeout
+    )
+
+
+# -- framing ---------------------------------------------------------------------------------------
+
+
+def test_a_length_framed_answer_and_its_connection_reused(run) -> None:
+    async def body(upstream: Upstream, client: Http1Client) -> None:
+        for _ in range(3):
+            answer = await send(client, upstream.url(), b'{"model":"m"}')
+            assert answer.status == 200 and answer.content_type == "application/json"
+            assert ("Content-Length", "7") in answer.headers
+            assert await answer.read() == b'{"a":1}' and answer.at_eof()
+            answer.release()
+        assert upstream.connections == 1 and not client.busy
+        request = upstream.requests[0]
+        assert request.startswith(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:")
+        assert b"\r\nAuthorization: Bearer sk-x\r\n" in request and b"\r\nAccept-Encoding: identity\r\n" in request
+        assert request.endswith(b'Content-Length: 13\r\n\r\n{"model":"m"}')
+
+    run(answering(OK, OK, OK), body)
+
+
+def test_a_chunked_answer_arrives_chunk_by_chunk(run) -> None:
+    release = asyncio.Event()
+
+    async def script(upstream: Upstream, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await upstream.read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Type: text/event-stream\r\n\r\n")
+        writer.write(b"6;ext=1\r\ndata: \r\n")
+        await writer.drain()
+        await release.wait()
+        writer.write(b"3\r\none\r\n0\r\nX-Trailer: t\r\n\r\n")  # the end, with a trailer
+        await answering(OK)(upstream, reader, writer)
+
+    async def body(upstream: Upstream, client: Http1Client) -> None:
+        answer = await send(client, upstream.url())
+        assert answer.content_type == "text/event-stream"
+        assert await answer.readany() == b"data: " and not answer.at_eof()
+        release.set()
+        assert await answer.read() == b"one" and answer.at_eof()
+        assert await (await send(client, upstream.url())).read() == b'{"a":1}'
+        assert upstream.connections == 1
+
+    run(script, body)
+
+
+def test_an_answer_without_length_ends_when_the_connection_does(run) -> None:
+    async def body(upstream: Upstream, client: Http1Client) -> None:
+        for _ in range(2):
+            assert await (await send(client, upstream.url())).read() == b"all of it"
+        assert upstream.connections == 2  # a connection that ended the answer is not used again
+
+    run(answering(b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nall of it", then_close=True), body)
+
+
+def test_interim_answers_are_skipped_and_bodiless_answers_end_at_once(run) -> None:
+    async def body(upstream: Upstream, client: Http1Client) -> None:
+        assert await (await send(client, upstream.url())).read() == b'{"a":1}'
+        answer = await send(client, upstream.url(), b"", "DELETE")
+        assert answer.status == 204 and await answer.read() == b""
+        answer = await send(client, upstream.url("/v1/models"), b"", "HEAD")
+        assert answer.status == 200 and answer.at_eof()
+        assert await (await send(client, upstream.url())).read() == b'{"a":1}'
+        assert upstream.connections == 1
+        assert upstream.requests[2].startswith(b"HEAD /v1/models HTTP/1.1\r\n")
+
+    answers = (
+        b"HTTP/1.1 103 Early Hints\r\nLink: </x>\r\n\r\n" + OK,
+        b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 999\r\n\r\n",  # the answer to HEAD: a head only
+        OK,
+    )
+    run(answering(*answers), body)
+
+
+def test_connection_close_is_honoured(run) -> None:
+    async def body(upstream: Upstream, client: Http1Client) -> None:
+        for _ in range(2):
+            assert await (await send(client, upstream.url())).read() == b'{"a":1}'
+        assert upstream.connections == 2
+
+    run(answering(OK.replace(b"Content-Length", b"Connection: close\r\nContent-Length")), body)
+
+
+def test_a_keep_alive_connection_the_upstream_closed_is_dropped_and_replaced(run) -> None:
+    async def body(upstream: Upstream, client: Http1Client) -> None:
+        assert await (await send(client, upstream.url())).read() == b'{"a":1}'
+        await asyncio.sleep(0.1)  # the upstream has closed the idle connection by now
+        assert not client._idle[target(upstream.url()).origin]  # noticed, and dropped
+        assert await (await send(client, upstream.url())).read() == b'{"a":1}'
+        assert upstream.connections == 2
+
+    run(answering(OK, then_close=True), body)
+
+
+def test_a_connection_closed_as_the_request_went_out_is_retried_once(run) -> None:
+    async def script(upstream: Upstream, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await upstream.read_request(reader)
+        writer.write(OK)
+        if upstream.connections == 1:
+            await upstream.read_request(reader)  # the second request: read, then hang up unanswered
+            return
+        await reader.read()
+
+    async def body(upstream: Upstream, client: Http1Client) -> None:
+        assert await (await send(client, upstream.url())).read() == b'{"a":1}'
+        assert await (await send(client, upstream.url())).read() == b'{"a":1}'
+        assert upstream.connections == 2 and len(upstream.requests) == 3
+
+    run(script, body)
+
+
+# -- failures --------------------------------------------------------------------------------------
+
+
+def test_an_answer_cut_off_hands_over_what_came_then_fails(run) -> None:
+    async def body(upstream: Upstream, client: Http1Client) -> None:
+        answer = await send(client, upstream.url())
+        assert await answer.readany() == b"part"
+        with pytest.raises(Disconnected, match="middle of the answer"):
+            await answer.readany()
+        assert not client.busy
+
+    run(answering(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npart", then_close=True), body)
+
+
+def test_a_new_connection_closed_without_an_answer_is_not_retried(run) -> None:
+    async def body(upstream: Upstream, client: Http1Client) -> None:
+        with pytest.raises(Disconnected, match="before answering"):
+            await send(client, upstream.url())
+        assert upstream.connections == 1
+
+    run(answering(b"", then_close=True), body)
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"SSH-2.0-OpenSSH\r\n\r\n",
+        b"HTTP/1.1 2OO OK\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\n folded: header\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
+        b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabcXY",
+        b"HTTP/1.1 101 Switching Protocols\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nX: " + b"x" * (70 * 1024),
+    ],
+    ids=["not-http", "bad-status", "folded", "two-lengths", "negative-length", "bad-chunk", "chunk-end", "101", "huge"],
+)
+def test_what_is_not_http_is_a_protocol_error(run, answer: bytes) -> None:
+    async def body(upstream: Upstream, client: Http1Client) -> None:
+        with pytest.raises(ProtocolError):
+            await (await send(client, upstream.url())).read()
+        assert not client.busy
+
+    run(answering(answer), body)
+
+
+def test_silence_longer_than_read_timeout_times_out(run) -> None:
+    async def body(upstream: Upstream, client: Http1Client) -> None:
+        answer = await send(client, upstream.url(), read_timeout=0.3)
+        started = time.monotonic()
+        assert await answer.readany() == b"a"
+        with pytest.raises(UpstreamTimeout, match="timed out"):
+            await answer.readany()
+        assert 0.2 < time.monotonic() - started < 0.3 + 2 * WATCH_SECONDS
+        assert not client.busy
+
+    run(answering(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na\r\n"), body)
+
+
+def test_a_head_that_never_comes_times_out(run) -> None:
+    async def body(upstream: Upstream, client: Http1Client) -> None:
+        with pytest.raises(UpstreamTimeout):
+            await send(client, upstream.url(), read_timeout=0.3)
+        assert not client.busy
+
+    run(answering(b""), body)
+
+
+def test_a_refused_connection_says_so(run, unused_tcp_port: int) -> None:
+    async def body(upstream: Upstream, client: Http1Client) -> None:
+        with pytest.raises(ConnectFailed, match=f"127.0.0.1:{unused_tcp_port}"):
+            await send(client, f"http://127.0.0.1:{unused_tcp_port}/v1/models")
+
+    run(answering(), body)
+
+
+def test_a_line_break_in_a_header_is_refused_before_sending(run) -> None:
+    async def body(upstream: Upstream, client: Http1Client) -> None:
+        for bad in ("a\r\nX-Injected: 1", "a\nb", "a\rb"):
+            with pytest.raises(ValueError, match="line break"):
+                await client.request(
+                    "POST", target(upstream.url()), {"X-Note": bad}, b"", connect_timeout=2, read_timeout=2
+                )
+        assert upstream.connections == 0
+
+    run(answering(OK), body)
+
+
+def test_giving_up_on_an_answer_closes_its_connection(run) -> None:
+    async def body(upstream: Upstream, client: Http1Client) -> None:
+        answer = await send(client, upstream.url())
+        assert await answer.readany() == b"a"
+        reading = asyncio.ensure_future(answer.readany())
+        await asyncio.sleep(0.05)
+        reading.cancel()  # the proxy's client went away
+        answer.release()
+        assert not client.busy
+        assert await (await send(client, upstream.url())).read() == b'{"a":1}'
+        assert upstream.connections == 2  # the half-read connection was not reused
+
+    endless = answering(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na\r\n")
+
+    async def script(upstream: Upstream, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await (endless if upstream.connections == 1 else answering(OK))(upstream, reader, writer)
+
+    run(script, body)
+
+
+def test_a_slow_reader_pauses_the_upstream_and_loses_nothing(run) -> None:
+    size = 8 * HIGH_WATER
+    payload = bytes(range(256)) * (size // 256)
+
+    async def script(upstream: Upstream, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await upstream.read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % size)
+        for start in range(0, size, 65536):
+            writer.write(payload[start : start + 65536])
+            await writer.drain()
+        await reader.read()
+
+    async def body(upstream: Upstream, client: Http1Client) -> None:
+        answer = await send(client, upstream.url(), read_timeout=0.5)
+        await asyncio.sleep(1.0)  # nobody reads; the watchdog must not count a pause as silence
+        (conn,) = client.busy
+        assert conn.paused and answer._size <= HIGH_WATER + 256 * 1024
+        assert await answer.read() == payload
+
+    run(script, body)
+
+
+# -- TLS ---------------------------------------------------------------------------------------------
+
+
+def _self_signed(directory: Path) -> tuple[Path, Path]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = directory / "cert.pem", directory / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return cert_file, key_file
+
+
+def test_https_checks_the_certificate_and_the_name(run, tmp_path: Path) -> None:
+    cert_file, key_file = _self_signed(tmp_path)
+    server_side = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_side.load_cert_chain(cert_file, key_file)
+
+    async def body(upstream: Upstream, client: Http1Client) -> None:
+        answer = await send(client, upstream.url("/v1/models", "localhost", "https"), b"", "GET")
+        assert await answer.read() == b'{"a":1}'
+        assert upstream.requests[0].startswith(b"GET /v1/models HTTP/1.1\r\nHost: localhost:")
+        with pytest.raises(ConnectFailed, match="certificate"):  # the right certificate, the wrong name
+            await send(client, upstream.url("/v1/models", "127.0.0.1", "https"), b"", "GET")
+        stranger = Http1Client()  # the system's CAs do not know this certificate
+        with pytest.raises(ConnectFailed, match="certificate"):
+            await send(stranger, upstream.url("/v1/models", "localhost", "https"), b"", "GET")
+        await stranger.close()
+
+    run(answering(OK), body, tls=server_side, trust=ssl.create_default_context(cafile=cert_file))
+
+
+def test_targets_are_parsed_once_with_the_right_host_header() -> None:
+    assert target("https://api.siliconflow.cn/v1/chat/completions?x=%20") == (
+        ("api.siliconflow.cn", 443, True),
+        "api.siliconflow.cn",
+        "/v1/chat/completions?x=%20",
+    )
+    assert target("http://[::1]:8080/v1/models").host_header == "[::1]:8080"
+    assert target("http://example.com:80/v1").host_header == "example.com"
+    for bad in ("ftp://example.com/v1", "/v1/models"):
+        with pytest.raises(ValueError):
+            target(bad)
