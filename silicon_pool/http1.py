@@ -170,6 +170,7 @@ class _Connection(asyncio.Protocol):
         self.got_bytes = False  # any byte of the current answer arrived
         self.paused = False
         self.closed = False
+        self.requests = 0  # requests sent on this connection: tells a caller whether it moved on
 
     # -- asyncio.Protocol ---------------------------------------------------------------------
 
@@ -187,6 +188,8 @@ class _Connection(asyncio.Protocol):
             self._parse()
         except UpstreamError as exc:
             self._fail(exc)
+        except ValueError as exc:  # a number that did not parse, whatever the checks missed
+            self._fail(ProtocolError(f"an unreadable answer: {exc}"))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -209,17 +212,24 @@ class _Connection(asyncio.Protocol):
 
     async def send(self, message: bytes, no_body: bool, read_timeout: float) -> Answer:
         """Send one request and wait for the head of its answer."""
-        assert self.transport is not None and self.state == _IDLE
+        transport = self.transport
+        if self.closed or transport is None or transport.is_closing():
+            raise Disconnected("the upstream closed the connection before answering")
         self.state, self.no_body, self.read_timeout = _HEAD, no_body, read_timeout
         self.got_bytes = False
         self.last_read = self.loop.time()
+        self.requests += 1
+        mine = self.requests
         self.client.busy.add(self)
         waiter = self.head_waiter = self.loop.create_future()
-        self.transport.write(message)
         try:
+            transport.write(message)
             return await waiter
         except BaseException:
-            self.close()  # cancelled or failed half way: the connection's state is unknown
+            # Cancelled or failed half way, the connection's state is unknown: close it. Unless the
+            # answer already ended and the connection has moved on (parked, or serving another request).
+            if self.requests == mine and self.state != _IDLE:
+                self.close()
             raise
 
     def pause(self) -> None:
@@ -235,9 +245,9 @@ class _Connection(asyncio.Protocol):
 
     def close(self) -> None:
         """Close for good (safe to call twice); whoever waits on this connection gets Disconnected."""
+        self.client._forget(self)
         if not self.closed:
             self.closed = True
-            self.client._forget(self)
             if self.transport is not None:
                 self.transport.abort()
         if self.state != _IDLE:
@@ -301,10 +311,21 @@ class _Connection(asyncio.Protocol):
 
     def _head(self, head: bytes) -> None:
         lines = head.split(b"\r\n")
+        breaks = len(lines) - 1
+        if head.count(b"\n") != breaks or head.count(b"\r") != breaks or b"\x00" in head:
+            raise ProtocolError("a bare CR, LF or NUL in the answer's head")
         status_line = lines[0]
-        if not (status_line[:7] == b"HTTP/1." and status_line[8:9] == b" " and status_line[9:12].isdigit()):
+        code = status_line[9:12]
+        if not (
+            status_line[:7] == b"HTTP/1."
+            and status_line[8:9] == b" "
+            and code.isdigit()
+            and code.isascii()
+            and code[:1] != b"0"
+            and status_line[12:13] in (b"", b" ")
+        ):
             raise ProtocolError(f"not an HTTP/1.x status line: {status_line[:40]!r}")
-        status = int(status_line[9:12])
+        status = int(code)
         if 100 <= status < 200:
             if status == 101:
                 raise ProtocolError("the upstream switched protocols")
@@ -334,12 +355,14 @@ class _Connection(asyncio.Protocol):
         if self.no_body or status in NO_BODY_STATUSES:
             self._finish()
         elif encoding is not None:
+            if length is not None:  # both framings: a smuggling risk, never reused (RFC 9112 §6.3)
+                self.keep_alive = False
             if encoding.rpartition(",")[2].strip().lower() == "chunked":
                 self.state = _CHUNK_SIZE_LINE
             else:
                 self.state, self.keep_alive = _UNTIL_CLOSE, False
         elif length is not None:
-            if not length.isdigit():
+            if not (length.isascii() and length.isdigit()):
                 raise ProtocolError(f"a bad Content-Length: {length[:20]!r}")
             self.remaining = int(length)
             self.state = _LENGTH
@@ -377,6 +400,7 @@ class _Connection(asyncio.Protocol):
         self.state = _IDLE
         answer, self.answer = self.answer, None
         if self.keep_alive and not self.closed:
+            self.resume()  # a pause was for the answer's reader; the next answer must be read
             self.client._park(self)
         else:
             self.close()
@@ -447,8 +471,9 @@ class Http1Client:
         idle = self._idle.get(origin)
         while idle:
             conn = idle.popitem()[0]
-            if not conn.closed and conn.transport is not None and not conn.transport.is_closing():
+            if not (conn.closed or conn.paused or conn.transport is None or conn.transport.is_closing()):
                 return conn
+            conn.close()
         return None
 
     async def _connect(self, target: Target, connect_timeout: float) -> _Connection:

@@ -8,11 +8,13 @@ standard loop, so every test runs on both.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import ssl
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import uvloop
@@ -198,13 +200,21 @@ def test_interim_answers_are_skipped_and_bodiless_answers_end_at_once(run) -> No
     run(answering(*answers), body)
 
 
-def test_connection_close_is_honoured(run) -> None:
+@pytest.mark.parametrize(
+    "answer",
+    [
+        OK.replace(b"Content-Length", b"Connection: close\r\nContent-Length"),
+        b'HTTP/1.1 200 OK\r\nContent-Length: 7\r\nTransfer-Encoding: chunked\r\n\r\n7\r\n{"a":1}\r\n0\r\n\r\n',
+    ],
+    ids=["connection-close", "length-and-chunked"],
+)
+def test_connections_that_must_not_be_reused_are_not(run, answer: bytes) -> None:
     async def body(upstream: Upstream, client: Http1Client) -> None:
         for _ in range(2):
             assert await (await send(client, upstream.url())).read() == b'{"a":1}'
         assert upstream.connections == 2
 
-    run(answering(OK.replace(b"Content-Length", b"Connection: close\r\nContent-Length")), body)
+    run(answering(answer, answer), body)
 
 
 def test_a_keep_alive_connection_the_upstream_closed_is_dropped_and_replaced(run) -> None:
@@ -233,6 +243,53 @@ def test_a_connection_closed_as_the_request_went_out_is_retried_once(run) -> Non
         assert upstream.connections == 2 and len(upstream.requests) == 3
 
     run(script, body)
+
+
+def test_a_connection_paused_for_a_slow_reader_serves_the_next_request(run) -> None:
+    big = b"x" * (HIGH_WATER + 1)
+    answer = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(big), big)
+
+    async def body(upstream: Upstream, client: Http1Client) -> None:
+        first = await send(client, upstream.url())
+        await asyncio.sleep(0.3)  # the whole body arrives unread: reading paused as it ended
+        assert await first.read() == big
+        second = await send(client, upstream.url(), read_timeout=1)
+        assert await second.read() == big
+        assert upstream.connections == 1
+
+    run(answering(answer, answer), body)
+
+
+def test_a_cancelled_caller_leaves_a_connection_that_moved_on_alone(run) -> None:
+    """The caller is cancelled in the very step its answer completes, and another request takes
+    the parked connection before the caller wakes: that request must go out once, unharmed."""
+
+    async def body(upstream: Upstream, client: Http1Client) -> None:
+        await send(client, upstream.url(), b"warm")
+        ready = asyncio.get_running_loop().create_future()
+        park = client._park
+
+        def park_then_interfere(conn: Any) -> None:
+            park(conn)
+            if not ready.done():
+                ready.set_result(None)  # another handler runs in this same loop step...
+                first.cancel()  # ...and the first caller's client disconnects
+
+        client._park = park_then_interfere  # type: ignore[method-assign]
+
+        async def second_request() -> int:
+            await ready
+            return (await send(client, upstream.url(), b"second")).status
+
+        second = asyncio.create_task(second_request())
+        first = asyncio.create_task(send(client, upstream.url(), b"first"))
+        with contextlib.suppress(asyncio.CancelledError):
+            await first
+        assert await second == 204
+        bodies = [request.rpartition(b"\r\n\r\n")[2] for request in upstream.requests]
+        assert bodies == [b"warm", b"first", b"second"]  # nothing sent twice
+
+    run(answering(*[b"HTTP/1.1 204 No Content\r\n\r\n"] * 4), body)
 
 
 # -- failures --------------------------------------------------------------------------------------
@@ -270,8 +327,26 @@ def test_a_new_connection_closed_without_an_answer_is_not_retried(run) -> None:
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabcXY",
         b"HTTP/1.1 101 Switching Protocols\r\n\r\n",
         b"HTTP/1.1 200 OK\r\nX: " + b"x" * (70 * 1024),
+        "HTTP/1.1 200 OK\r\nContent-Length: \u00b2\r\n\r\n".encode(),  # a digit to str.isdigit, not to HTTP
+        b"HTTP/1.1 2000 OK\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nX-A: 1\nX-B: 2\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nX-A: \x00\r\n\r\n",
     ],
-    ids=["not-http", "bad-status", "folded", "two-lengths", "negative-length", "bad-chunk", "chunk-end", "101", "huge"],
+    ids=[
+        "not-http",
+        "bad-status",
+        "folded",
+        "two-lengths",
+        "negative-length",
+        "bad-chunk",
+        "chunk-end",
+        "101",
+        "huge",
+        "unicode-digit",
+        "four-digit-status",
+        "bare-lf",
+        "nul",
+    ],
 )
 def test_what_is_not_http_is_a_protocol_error(run, answer: bytes) -> None:
     async def body(upstream: Upstream, client: Http1Client) -> None:
@@ -302,6 +377,17 @@ def test_a_head_that_never_comes_times_out(run) -> None:
         assert not client.busy
 
     run(answering(b""), body)
+
+
+def test_a_new_connection_the_upstream_closed_before_the_request_is_disconnected(run) -> None:
+    async def body(upstream: Upstream, client: Http1Client) -> None:
+        conn = await client._connect(target(upstream.url()), 2)
+        await asyncio.sleep(0.1)  # the upstream hung up at once
+        with pytest.raises(Disconnected):
+            await conn.send(b"GET / HTTP/1.1\r\n\r\n", False, 5)
+        assert not client.busy
+
+    run(answering(then_close=True), body)
 
 
 def test_a_refused_connection_says_so(run, unused_tcp_port: int) -> None:
