@@ -4,9 +4,10 @@ aiohttp's ClientSession costs about 50 µs of CPU per request on this project's 
 (multidicts, a timer rescheduled on every read, trace hooks, a task per body write on Python
 3.11): more than the rest of a proxied request together. The proxy needs a small part of it:
 keep-alive connections per origin, the request sent in one write, the answer's head parsed
-once and its body handed over in the chunks it arrives in. That part is here; one timer per
-client watches every connection for silence instead of one timer per read. The admin's few
-calls (balance checks, the model list) still go through aiohttp.
+once and its body handed over in the chunks it arrives in (gzip, which it asks for to spare the
+line to the upstream, undone on the way). That part is here; one timer per client watches every
+connection for silence instead of one timer per read. The admin's few calls (balance checks,
+the model list) still go through aiohttp.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import re
 import ssl
+import zlib
 from typing import NamedTuple, cast
 
 from yarl import URL
@@ -73,12 +75,29 @@ def target(url: str) -> Target:
 class Answer:
     """The upstream's answer: status and headers at once, the body as it arrives."""
 
-    __slots__ = ("_chunks", "_conn", "_ended", "_error", "_size", "_waiter", "content_type", "headers", "status")
+    __slots__ = (
+        "_chunks",
+        "_conn",
+        "_ended",
+        "_error",
+        "_gunzip",
+        "_size",
+        "_waiter",
+        "content_type",
+        "headers",
+        "status",
+    )
 
     def __init__(
-        self, conn: _Connection, status: int, headers: list[tuple[str, str]], content_type: str | None
+        self,
+        conn: _Connection,
+        status: int,
+        headers: list[tuple[str, str]],
+        content_type: str | None,
+        gzipped: bool = False,
     ) -> None:
         self.status, self.headers, self.content_type = status, headers, content_type
+        self._gunzip = zlib.decompressobj(wbits=31) if gzipped else None
         self._conn: _Connection | None = conn  # until the body has all arrived
         self._chunks: list[bytes] = []
         self._size = 0
@@ -130,6 +149,10 @@ class Answer:
     # -- fed by the connection ----------------------------------------------------------------
 
     def _feed(self, data: bytes) -> None:
+        if self._gunzip is not None:
+            data = self._gunzip.decompress(data)
+            if not data:
+                return
         self._chunks.append(data)
         self._size += len(data)
         self._wake()
@@ -137,6 +160,8 @@ class Answer:
             self._conn.pause()
 
     def _end(self) -> None:
+        if self._gunzip is not None and (rest := self._gunzip.flush()):
+            self._chunks.append(rest)
         self._ended = True
         self._conn = None  # the connection may serve another request from here on
         self._wake()
@@ -188,7 +213,7 @@ class _Connection(asyncio.Protocol):
             self._parse()
         except UpstreamError as exc:
             self._fail(exc)
-        except ValueError as exc:  # a number that did not parse, whatever the checks missed
+        except (ValueError, zlib.error) as exc:  # a number that did not parse, a broken gzip body
             self._fail(ProtocolError(f"an unreadable answer: {exc}"))
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -332,14 +357,18 @@ class _Connection(asyncio.Protocol):
             return  # an interim answer (103 Early Hints…): the real one follows
         headers: list[tuple[str, str]] = []
         content_type = length = encoding = connection = None
+        gzipped = False
         for line in lines[1:]:
             name, colon, value = line.partition(b":")
             if not colon or not name or name[-1:] in (b" ", b"\t") or line[:1] in (b" ", b"\t"):
                 raise ProtocolError(f"a malformed header line: {line[:40]!r}")
             text = value.strip(b" \t").decode("utf-8", "surrogateescape")
             key = name.decode("latin-1")
-            headers.append((key, text))
             lower = key.lower()
+            if lower == "content-encoding" and text.lower() == "gzip":
+                gzipped = True  # undone here, so the header goes: the client gets plain bytes
+                continue
+            headers.append((key, text))
             if lower == "content-type":
                 content_type = text
             elif lower == "content-length":
@@ -351,7 +380,7 @@ class _Connection(asyncio.Protocol):
             elif lower == "connection":
                 connection = text.lower()
         self.keep_alive = status_line[7:8] == b"1" and not (connection and "close" in connection)
-        answer = self.answer = Answer(self, status, headers, content_type)
+        answer = self.answer = Answer(self, status, headers, content_type, gzipped)
         if self.no_body or status in NO_BODY_STATUSES:
             self._finish()
         elif encoding is not None:
@@ -458,7 +487,7 @@ class Http1Client:
         head = "".join([f"{name}: {value}\r\n" for name, value in headers.items()])
         text = (
             f"{method} {target.path} HTTP/1.1\r\nHost: {target.host_header}\r\n{head}"
-            f"Accept-Encoding: identity\r\nContent-Length: {len(body)}\r\n\r\n"
+            f"Accept-Encoding: gzip\r\nContent-Length: {len(body)}\r\n\r\n"
         )
         lines = len(headers) + 5
         if text.count("\n") != lines or text.count("\r") != lines:

@@ -11,8 +11,8 @@ import orjson
 from .redact import scrub
 
 # Headers that describe one hop, not the message (RFC 9110 §7.6.1), plus those the proxy owns:
-# the key goes in Authorization, the proxy frames the body and asks for it uncompressed (so usage
-# can be read from it), the admin's cookie stays here.
+# the key goes in Authorization, the proxy frames the body and picks the encoding (gzip, undone
+# before the answer is relayed, so usage can be read from it), the admin's cookie stays here.
 HOP_BY_HOP = frozenset(
     {
         "connection",
@@ -29,7 +29,7 @@ HOP_BY_HOP = frozenset(
 )
 # The body is already read, so a client's `Expect: 100-continue` is answered by the proxy, not passed on.
 DROP_FROM_CLIENT = HOP_BY_HOP | {"host", "authorization", "content-length", "accept-encoding", "cookie", "expect"}
-# An upstream that compresses although asked not to is relayed as it is, with its Content-Encoding.
+# An answer in an encoding the proxy did not ask for is relayed as it is, with its Content-Encoding.
 DROP_FROM_UPSTREAM = HOP_BY_HOP | {"content-length", "set-cookie", "server", "date"}
 
 

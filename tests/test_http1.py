@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import gzip
 import ssl
 import time
 from collections.abc import Awaitable, Callable
@@ -141,7 +142,7 @@ def test_a_length_framed_answer_and_its_connection_reused(run) -> None:
         assert upstream.connections == 1 and not client.busy
         request = upstream.requests[0]
         assert request.startswith(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:")
-        assert b"\r\nAuthorization: Bearer sk-x\r\n" in request and b"\r\nAccept-Encoding: identity\r\n" in request
+        assert b"\r\nAuthorization: Bearer sk-x\r\n" in request and b"\r\nAccept-Encoding: gzip\r\n" in request
         assert request.endswith(b'Content-Length: 13\r\n\r\n{"model":"m"}')
 
     run(answering(OK, OK, OK), body)
@@ -178,6 +179,39 @@ def test_an_answer_without_length_ends_when_the_connection_does(run) -> None:
         assert upstream.connections == 2  # a connection that ended the answer is not used again
 
     run(answering(b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nall of it", then_close=True), body)
+
+
+def test_a_gzip_answer_arrives_plain_and_other_encodings_pass_as_they_are(run) -> None:
+    text = b'{"data": [' + b", ".join(b"0.%d" % i for i in range(5000)) + b"]}"
+    packed = gzip.compress(text)
+    chunked = b"".join(
+        b"%x\r\n%s\r\n" % (len(packed[i : i + 100]), packed[i : i + 100]) for i in range(0, len(packed), 100)
+    )
+
+    async def script(upstream: Upstream, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await upstream.read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: %d\r\n\r\n" % len(packed))
+        writer.write(packed)
+        await upstream.read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Encoding: GZIP\r\nTransfer-Encoding: chunked\r\n\r\n")
+        for start in range(0, len(chunked), 333):  # arriving in pieces that cut across chunks
+            writer.write(chunked[start : start + 333])
+            await writer.drain()
+            await asyncio.sleep(0)
+        writer.write(b"0\r\n\r\n")
+        await answering(b"HTTP/1.1 200 OK\r\nContent-Encoding: br\r\nContent-Length: 4\r\n\r\n\x0b\x01\x80x")(
+            upstream, reader, writer
+        )
+
+    async def body(upstream: Upstream, client: Http1Client) -> None:
+        for _ in range(2):
+            answer = await send(client, upstream.url())
+            assert await answer.read() == text
+            assert not any(name.lower() == "content-encoding" for name, _ in answer.headers)
+        answer = await send(client, upstream.url())
+        assert await answer.read() == b"\x0b\x01\x80x" and ("Content-Encoding", "br") in answer.headers
+
+    run(script, body)
 
 
 def test_interim_answers_are_skipped_and_bodiless_answers_end_at_once(run) -> None:
@@ -331,6 +365,7 @@ def test_a_new_connection_closed_without_an_answer_is_not_retried(run) -> None:
         b"HTTP/1.1 2000 OK\r\n\r\n",
         b"HTTP/1.1 200 OK\r\nX-A: 1\nX-B: 2\r\n\r\n",
         b"HTTP/1.1 200 OK\r\nX-A: \x00\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: 9\r\n\r\nnot gzip!",
     ],
     ids=[
         "not-http",
@@ -346,6 +381,7 @@ def test_a_new_connection_closed_without_an_answer_is_not_retried(run) -> None:
         "four-digit-status",
         "bare-lf",
         "nul",
+        "broken-gzip",
     ],
 )
 def test_what_is_not_http_is_a_protocol_error(run, answer: bytes) -> None:
