@@ -296,10 +296,8 @@ class _Connection(asyncio.Protocol):
         while pos < len(buf):
             state = self.state
             if state == _HEAD:
-                end = buf.find(b"\r\n\r\n", pos)
+                end = _find(buf, b"\r\n\r\n", pos, "the answer's head")
                 if end < 0:
-                    if len(buf) - pos > MAX_HEAD:
-                        raise ProtocolError("the answer's head is over 64 KiB")
                     break
                 head, pos = bytes(buf[pos:end]), end + 4
                 self._head(head)
@@ -308,10 +306,8 @@ class _Connection(asyncio.Protocol):
                 data, pos = bytes(buf[pos : pos + take]), pos + take
                 self._body(data)
             elif state in (_CHUNK_SIZE_LINE, _TRAILER):
-                end = buf.find(b"\r\n", pos)
+                end = _find(buf, b"\r\n", pos, "a chunk-size or trailer line")
                 if end < 0:
-                    if len(buf) - pos > MAX_HEAD:
-                        raise ProtocolError("a chunk-size line is over 64 KiB")
                     break
                 line, pos = bytes(buf[pos:end]), end + 2
                 if state == _TRAILER:
@@ -435,6 +431,14 @@ class _Connection(asyncio.Protocol):
             self.close()
         if answer is not None:
             answer._end()
+
+
+def _find(buf: bytearray, end_mark: bytes, pos: int, what: str) -> int:
+    """Where `end_mark` starts at or after `pos`; -1 while more bytes may complete it."""
+    end = buf.find(end_mark, pos)
+    if end < 0 and len(buf) - pos > MAX_HEAD:
+        raise ProtocolError(f"{what} is over 64 KiB")
+    return end
 
 
 class Http1Client:
