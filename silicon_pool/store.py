@@ -122,9 +122,12 @@ _INSERT_CALLS = (
     + ", ".join(f"json_extract(value, '$[{i}]')" for i in range(len(CallRecord._fields)))
     + " FROM json_each(?)"
 )
-_UPDATE_KEY = (
-    "UPDATE keys SET balance=?, usage_count=?, enabled=?, state=?, last_used_at=?, last_error=?, account_id=?"
-    " WHERE id=?"
+_KEY_FIELDS = ("balance", "usage_count", "enabled", "state", "last_used_at", "last_error", "account_id")
+# Changed keys the same way: one statement, one JSON array of `_key_row` tuples (the id last).
+_UPDATE_KEYS = (
+    "UPDATE keys SET "
+    + ", ".join(f"{name} = json_extract(batch.value, '$[{i}]')" for i, name in enumerate(_KEY_FIELDS))
+    + f" FROM json_each(?) AS batch WHERE keys.id = json_extract(batch.value, '$[{len(_KEY_FIELDS)}]')"
 )
 # Per-hour totals of the rows just inserted, summed by SQLite itself.
 _UPSERT_HOURLY = """
@@ -144,6 +147,13 @@ ON CONFLICT (hour, model, endpoint) DO UPDATE SET
 class _Job(NamedTuple):
     fn: Callable[[sqlite3.Connection], Any]
     future: concurrent.futures.Future[Any]
+
+
+class _Batch(NamedTuple):
+    """What the loop thread gathered over one FLUSH_SECONDS: changed keys and call-log rows."""
+
+    keys: list[Key]
+    rows: list[CallRecord]
 
 
 _STOP = object()
@@ -179,7 +189,10 @@ class Store:
         self.secrets = secrets
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._wake = threading.Event()
-        self._rows: list[CallRecord] = []  # call-log rows not yet handed to the writer (loop thread only)
+        # Not yet handed to the writer (loop thread only): call-log rows and changed keys.
+        self._rows: list[CallRecord] = []
+        self._keys: list[Key] = []
+        self._due = False  # a hand-over is scheduled
         self._writer: threading.Thread | None = None
         self._readers = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="sqlite-read")
         self._local = threading.local()
@@ -244,26 +257,37 @@ class Store:
     # -- the request path: enqueue only -------------------------------------------------------
 
     def save_key(self, key: Key) -> None:
-        """Persist `key`'s counters and state with the next batch (queued once until written)."""
+        """Persist `key`'s counters and state with the next batch (listed once until written)."""
         if not key.queued:
             key.queued = True
-            self._queue.put(key)
+            self._keys.append(key)
+            if not self._due:
+                self._hand_over_soon()
 
     def log_call(self, record: CallRecord) -> None:
-        """Keep the row on the loop thread; the rows of FLUSH_SECONDS go to the writer as one item.
+        """Keep the row on the loop thread until the batch of FLUSH_SECONDS goes to the writer.
 
-        One list append per request, and the writer takes a whole batch at once instead of a
-        row at a time: both threads hold the GIL less."""
-        rows = self._rows
-        rows.append(record)
-        if len(rows) == 1:
+        One list append per request (a large pool changes a key per request too), and the
+        writer takes a whole batch at once instead of a row at a time: both threads hold the
+        GIL less, and the queue's lock is taken twice a second, not per request."""
+        self._rows.append(record)
+        if not self._due:
+            self._hand_over_soon()
+
+    def _hand_over_soon(self) -> None:
+        self._due = True
+        try:
             asyncio.get_running_loop().call_later(FLUSH_SECONDS, self.hand_over)
+        except RuntimeError:  # no event loop (a script): at once
+            self.hand_over()
 
     def hand_over(self) -> None:
-        """Queue the rows logged so far for the writer, and wake it."""
-        if self._rows:
-            rows, self._rows = self._rows, []
-            self._queue.put(rows)
+        """Queue the keys changed and the rows logged so far for the writer, and wake it."""
+        self._due = False
+        if self._rows or self._keys:
+            batch = _Batch(self._keys, self._rows)
+            self._keys, self._rows = [], []
+            self._queue.put(batch)
             self._wake.set()
 
     # -- awaited writes -----------------------------------------------------------------------
@@ -346,10 +370,10 @@ class Store:
                     item = self._queue.get_nowait()
                 except queue.Empty:
                     break
-                if isinstance(item, Key):
-                    keys[item.id] = item
-                elif isinstance(item, list):
-                    calls += item
+                if isinstance(item, _Batch):
+                    for key in item.keys:
+                        keys[key.id] = key
+                    calls += item.rows
                 else:  # a job or the stop sign
                     self._flush(conn, keys, calls)
                     keys, calls = {}, []
@@ -367,7 +391,7 @@ class Store:
         try:
             conn.execute("BEGIN IMMEDIATE")
             if keys:
-                conn.executemany(_UPDATE_KEY, [_key_row(k) for k in keys.values()])
+                conn.execute(_UPDATE_KEYS, (orjson.dumps([_key_row(k) for k in keys.values()]),))
             if calls:
                 last_id = conn.execute("SELECT COALESCE(MAX(id), 0) FROM calls").fetchone()[0]
                 conn.execute(_INSERT_CALLS, (orjson.dumps(list(map(tuple, calls))),))

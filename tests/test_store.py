@@ -48,3 +48,28 @@ async def test_hourly_totals_follow_the_log(tmp_path: Path) -> None:
         assert rows == [("a", 5, 0, 15), ("b", 3, 1, 9)]
     finally:
         store.close()
+
+
+async def test_changed_keys_are_written_field_for_field(tmp_path: Path) -> None:
+    """Changed keys go to SQLite as one JSON batch: every field, NULLs and odd text included,
+    and a key deleted before its batch is written stays deleted."""
+    store = Store(tmp_path, Secrets(tmp_path))
+    store.open()
+    try:
+        changed, deleted = await store.insert_keys(
+            [("sk-" + "a" * 48, 5.0, "active", None), ("sk-" + "b" * 48, 1.0, "active", None)]
+        )
+        changed.balance, changed.usage_count, changed.enabled, changed.state = None, 2**40, False, "invalid"
+        changed.last_used_at, changed.account_id = 1_764_000_000.123456789, "acc-1"
+        changed.last_error = 'HTTP 401: "Token is invalid."\n\\ 密钥无效 \u2028'
+        await store.write(lambda conn: conn.execute("DELETE FROM keys WHERE id = ?", (deleted.id,)))
+        deleted.usage_count = 9
+        store.save_key(changed)
+        store.save_key(deleted)
+        await store.flush()
+        [loaded] = await store.load_keys()
+    finally:
+        store.close()
+    fields = ("id", "secret", "balance", "usage_count", "enabled", "state", "last_used_at", "last_error", "account_id")
+    assert [getattr(loaded, f) for f in fields] == [getattr(changed, f) for f in fields]
+    assert not changed.queued
