@@ -391,6 +391,7 @@ def main() -> None:
         seed(large, args.keys, upstream=upstream_v1)
         with silicon_pool(large, upstream_v1) as (sp, startup):
             asyncio.run(set_strategy(sp.base, "least_inflight"))
+            wrk(f"{sp.base}/v1/chat/completions", 32, 1, False, work)  # warm, as the 10-key process was
             big = wrk(f"{sp.base}/v1/chat/completions", 32, args.duration, False, work)
             large_peak = sp.peak_mb()
         ten = runs["non-stream, 32 clients"]["silicon-pool (least_inflight)"]
