@@ -242,6 +242,7 @@ class FakeUpstream:
     cut_after_chunks: int | None = None  # abort the connection mid-stream after this many chunks
     stall_after_chunks: int | None = None  # go silent for stall_seconds mid-stream after this many chunks
     broken_answer: str | None = None  # non-stream chat: "truncated" (cut mid-body) or "not_json" (HTML, 200)
+    compress: bool = False  # gzip answers (streams too) for clients that accept it, as a CDN in front may
 
     def __post_init__(self) -> None:
         if not self.models:
@@ -300,9 +301,12 @@ class FakeUpstream:
                 )
             )
             try:
-                return await handler(request)
+                response = await handler(request)
             except _Reply as reply:
-                return reply.response
+                response = reply.response
+            if self.compress and not response.prepared:
+                response.enable_compression()
+            return response
 
         async def on_shutdown(_app: web.Application) -> None:
             """Wake stalled handlers so server teardown does not wait out `stall_seconds`."""
@@ -430,6 +434,8 @@ class FakeUpstream:
             }
         )
         self.chunk_sent_at.clear()
+        if self.compress:
+            resp.enable_compression()
         await resp.prepare(request)
         try:
             for i, chunk in enumerate(chunks):

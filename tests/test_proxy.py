@@ -67,6 +67,19 @@ async def test_stream_is_not_buffered(proxy: Running, fake: FakeUpstream) -> Non
     assert first_seen is not None and last_sent - first_seen > 0.5
 
 
+async def test_a_gzip_upstream_reaches_clients_plain_with_usage_read(proxy: Running, fake: FakeUpstream) -> None:
+    fake.compress = True
+    await proxy.add_keys(*((s, 10.0) for s in paid_keys(fake, 1)))
+    client = proxy.openai()
+    answer = await client.chat.completions.create(model=CHAT, messages=MESSAGES)
+    chunks = [c async for c in await client.chat.completions.create(model=CHAT, messages=MESSAGES, stream=True)]
+    assert fake.requests[-1].headers["accept-encoding"] == "gzip"
+    assert answer.choices[0].message.content and "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    plain, streamed = await _wait_for_rows(proxy, 2)
+    assert plain["total_tokens"] == answer.usage.total_tokens > 0
+    assert streamed["total_tokens"] == chunks[-1].usage.total_tokens > 0
+
+
 async def test_completions_stream_and_not(proxy: Running, fake: FakeUpstream) -> None:
     [secret] = paid_keys(fake, 1)
     await proxy.add_keys((secret, 10.0))
