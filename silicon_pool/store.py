@@ -276,10 +276,7 @@ class Store:
 
     def _hand_over_soon(self) -> None:
         self._due = True
-        try:
-            asyncio.get_running_loop().call_later(FLUSH_SECONDS, self.hand_over)
-        except RuntimeError:  # no event loop (a script): at once
-            self.hand_over()
+        asyncio.get_running_loop().call_later(FLUSH_SECONDS, self.hand_over)
 
     def hand_over(self) -> None:
         """Queue the keys changed and the rows logged so far for the writer, and wake it."""
