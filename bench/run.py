@@ -35,6 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from silicon_pool.crypto import Secrets, ensure_private_dir  # noqa: E402
+from silicon_pool.keys import Key  # noqa: E402
 from silicon_pool.store import Store  # noqa: E402
 
 TOKEN = "bench-token"
@@ -99,7 +100,7 @@ def seed(data_dir: Path, keys: int, *, upstream: str) -> None:
     async def fill() -> None:
         for start in range(0, keys, 5000):
             await store.insert_keys(
-                (f"sk-{i:048d}", 10.0, "active", None) for i in range(start, min(keys, start + 5000))
+                Key(0, f"sk-{i:048d}", time.time(), 10.0) for i in range(start, min(keys, start + 5000))
             )
         await store.save_settings({"api_token": TOKEN, "upstream": upstream})
 

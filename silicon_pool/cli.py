@@ -15,8 +15,9 @@ from .admin.auth import reset_account
 from .app import create_app
 from .config import Config
 from .crypto import Secrets, ensure_private_dir
+from .schema import SchemaTooNew
 from .server import run
-from .settings import BY_NAME, DEFAULT_UPSTREAM
+from .settings import DEFAULT_UPSTREAM, Settings
 from .store import Store
 
 log = logging.getLogger("silicon_pool")
@@ -32,7 +33,7 @@ def _port(text: str) -> int:
 
 def _upstream(text: str) -> str:
     try:
-        return BY_NAME["upstream"].parse(text)
+        return Settings.upstream.parse(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"{text!r} {exc}") from None
 
@@ -142,6 +143,14 @@ def reset_admin(config: Config) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    try:
+        _main(argv)
+    except SchemaTooNew as exc:  # a data dir from a newer release: say so, touch nothing
+        print(f"silicon-pool: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _main(argv: Sequence[str] | None) -> None:
     args, config = parse_config(argv)
     if args.reset_admin:
         reset_admin(config)

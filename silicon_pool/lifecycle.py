@@ -17,7 +17,8 @@ from typing import Any
 from .balance import BalanceChecker, Check, Verdict
 from .jobs import Job
 from .keyparse import parse_keys
-from .pool import ACTIVE, INVALID, UNCHECKED, Key, KeyPool
+from .keys import ACTIVE, INVALID, UNCHECKED, Key
+from .pool import KeyPool
 from .settings import Settings
 from .store import Store
 
@@ -64,7 +65,7 @@ class KeyLifecycle:
             "unchecked": 0,
         }
         job.total = len(new)
-        pending: list[tuple[str, float | None, str, str | None]] = []
+        pending: list[Key] = []
 
         async def store_pending() -> None:
             batch = pending[:]
@@ -82,7 +83,9 @@ class KeyLifecycle:
                 counts["rejected"] += 1
             else:
                 state = ACTIVE if result.verdict is Verdict.VALID else UNCHECKED
-                pending.append((secret, result.balance, state, result.account_id))
+                pending.append(
+                    Key(0, secret, time.time(), balance=result.balance, state=state, account_id=result.account_id)
+                )
                 if len(pending) >= INSERT_BATCH:
                     await store_pending()
             job.done += 1

@@ -14,87 +14,10 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from .redact import mask
+from .keys import ACTIVE, INVALID, Key
 from .selection import STRATEGIES, Index, make_index
 
 PAID, FREE = 0, 1
-
-ACTIVE, INVALID, UNCHECKED = "active", "invalid", "unchecked"
-
-
-class Key:
-    """One API key and its live counters; stored fields are listed in `store.KEY_FIELDS`."""
-
-    __slots__ = (
-        "_pos",
-        "_score",
-        "account_id",
-        "added_at",
-        "auth",
-        "balance",
-        "cool_until",
-        "enabled",
-        "id",
-        "inflight",
-        "last_error",
-        "last_used_at",
-        "queued",
-        "secret",
-        "state",
-        "tier",
-        "usage_count",
-    )
-
-    def __init__(
-        self,
-        id: int,  # noqa: A002 - the column's name
-        secret: str,
-        *,
-        added_at: float,
-        balance: float | None = None,
-        usage_count: int = 0,
-        enabled: bool = True,
-        state: str = ACTIVE,
-        last_used_at: float | None = None,
-        last_error: str | None = None,
-        account_id: str | None = None,
-    ) -> None:
-        self.id = id
-        self.secret = secret
-        self.auth = f"Bearer {secret}"
-        self.added_at = added_at
-        self.balance = balance
-        self.usage_count = usage_count
-        self.enabled = enabled
-        self.state = state
-        self.last_used_at = last_used_at
-        self.last_error = last_error
-        self.account_id = account_id
-        self.inflight = 0
-        self.queued = False  # waiting in the writer's queue: further changes ride along
-        self.cool_until = 0.0
-        self.tier: int | None = None
-        self._pos = 0
-        self._score = 0.0
-
-    @property
-    def masked(self) -> str:
-        return mask(self.secret)
-
-    def status(self, now: float | None = None) -> str:
-        """The one word the admin shows: disabled, invalid, cooling, zero, unchecked or active."""
-        if not self.enabled:
-            return "disabled"
-        if self.state == INVALID:
-            return "invalid"
-        if self.cool_until > (time.monotonic() if now is None else now):
-            return "cooling"
-        if self.balance is not None and self.balance <= 0:
-            return "zero"
-        return self.state
-
-    def __repr__(self) -> str:  # never the whole key
-        return f"Key(id={self.id}, {self.masked}, {self.status()})"
 
 
 def _tier_of(key: Key) -> int:

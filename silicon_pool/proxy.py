@@ -20,7 +20,8 @@ from aiohttp import web
 
 from .hosts import HostCheck
 from .http1 import Answer, Http1Client, Target, UpstreamError, target
-from .pool import FREE, PAID, UNCHECKED, Key, KeyPool
+from .keys import UNCHECKED, Key
+from .pool import FREE, PAID, KeyPool
 from .settings import Settings
 from .store import CallRecord, Store
 from .upstream import DROP_FROM_CLIENT, DROP_FROM_UPSTREAM, Outcome, classify, describe, describe_exception
@@ -56,6 +57,7 @@ OTHER = Endpoint(False, token_usage)
 
 UNKNOWN_HOST = "Unknown Host name: use an IP address or localhost, or start silicon-pool with --allowed-host NAME"
 ONLY_PAID, ONLY_FREE, FREE_FIRST = (PAID,), (FREE,), (FREE, PAID)
+MB = 1024 * 1024
 MAX_CACHED_TARGETS = 256  # upstream targets kept per path; odd paths (ids, queries) beyond that are parsed each time
 
 
@@ -139,24 +141,17 @@ class Proxy:
 
     def __init__(self, pool: KeyPool, settings: Settings, store: Store, client: Http1Client, hosts: HostCheck) -> None:
         self.pool, self.settings, self.store, self.client, self.hosts = pool, settings, store, client, hosts
-        self._on_settings(set())
-        settings.subscribe(self._on_settings)
-
-    def _on_settings(self, _changed: set[str]) -> None:
-        """Precompute what every request needs from the settings."""
-        s = self.settings
-        self._api_token = s.api_token.encode()
-        self._free_token = s.free_token.encode()
-        self._base = s.upstream
-        self._body_limit = s.max_body_mb * 1024 * 1024
-        self._connect_timeout, self._read_timeout = s.connect_timeout, s.read_timeout
         self._targets: dict[str, Target] = {}
+        self._targets_base = settings.upstream
 
     def _target(self, path_qs: str) -> Target:
-        """Where a `/v1/...` path goes upstream; the few paths clients use are parsed once."""
+        """Where a `/v1/...` path goes upstream; the few paths clients use are parsed once per upstream."""
+        base = self.settings.upstream
+        if base != self._targets_base:
+            self._targets, self._targets_base = {}, base
         found = self._targets.get(path_qs)
         if found is None:
-            found = target(self._base + path_qs[3:])
+            found = target(base + path_qs[3:])
             if len(self._targets) < MAX_CACHED_TARGETS:
                 self._targets[path_qs] = found
         return found
@@ -211,26 +206,32 @@ class Proxy:
         return ONLY_PAID
 
     def _caller(self, authorization: str | None) -> str | None:
-        """ "main", "free" or "none" (no api_token set); None when the token is wrong."""
-        token = b""
+        """ "main", "free" or "none" (no api_token set); None when the token is wrong.
+
+        Tokens are printable ASCII (settings.Token), so a token with anything else is simply wrong."""
+        settings = self.settings
+        token = ""
         if authorization and authorization[:7].lower() == "bearer ":
-            token = authorization[7:].strip().encode("utf-8", "replace")
-        if self._free_token and hmac.compare_digest(token, self._free_token):
+            token = authorization[7:].strip()
+            if not token.isascii():
+                token = ""
+        if settings.free_token and hmac.compare_digest(token, settings.free_token):
             return "free"
-        if not self._api_token:
+        if not settings.api_token:
             return "none"
-        return "main" if hmac.compare_digest(token, self._api_token) else None
+        return "main" if hmac.compare_digest(token, settings.api_token) else None
 
     def _body_if_here(self, request: web.BaseRequest) -> bytes | None:
         """The whole body if it has all arrived (the usual case: no waiting, no timer), else None."""
+        limit = self.settings.max_body_mb * MB
         length = request.content_length
-        if length is not None and length > self._body_limit:
+        if length is not None and length > limit:
             raise self._too_large()
         content = request.content
         if not content.is_eof():
             return None
         body = content.read_nowait()
-        if len(body) > self._body_limit:
+        if len(body) > limit:
             raise self._too_large()
         return body
 
@@ -239,13 +240,13 @@ class Proxy:
         content = request.content
         await _continue(request)
         chunks: list[bytes] = []
-        size, silence = 0, self.settings.read_timeout
+        size, silence, limit = 0, self.settings.read_timeout, self.settings.max_body_mb * MB
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(silence) as deadline:
                 while chunk := await content.readany():
                     size += len(chunk)
-                    if size > self._body_limit:
+                    if size > limit:
                         raise self._too_large()
                     chunks.append(chunk)
                     deadline.reschedule(loop.time() + silence)
@@ -308,8 +309,8 @@ class Proxy:
                     where,
                     headers,
                     body,
-                    connect_timeout=self._connect_timeout,
-                    read_timeout=self._read_timeout,
+                    connect_timeout=settings.connect_timeout,
+                    read_timeout=settings.read_timeout,
                 )
             except BaseException as exc:
                 pool.release(key)

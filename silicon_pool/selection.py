@@ -2,7 +2,7 @@
 
 Only the active strategy's index is kept (one per tier); switching strategy rebuilds it once,
 so memory stays flat with 100,000 keys and the request path never scans the pool.
-Indexes keep their bookkeeping on the key itself (`_pos`, `_score`), which is safe because a
+Indexes keep their bookkeeping on the key itself (`index_slot`, `index_score`), which is safe because a
 key sits in at most one index at a time.
 """
 
@@ -15,13 +15,16 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
-    from .pool import Key
+    from .keys import Key
 
 
 class Index(Protocol):
     """What the pool needs from a strategy index."""
 
-    tracks: str | None  # the Key attribute whose change means rescore() must be called
+    @property
+    def tracks(self) -> str | None:
+        """The Key attribute whose change means rescore() must be called."""
+        ...
 
     def __len__(self) -> int: ...
     def add(self, key: Key) -> None: ...
@@ -43,15 +46,15 @@ class Ring:
         return len(self.items)
 
     def add(self, key: Key) -> None:
-        key._pos = len(self.items)
+        key.index_slot = len(self.items)
         self.items.append(key)
 
     def remove(self, key: Key) -> None:
         items = self.items
         last = items.pop()
         if last is not key:
-            items[key._pos] = last
-            last._pos = key._pos
+            items[key.index_slot] = last
+            last.index_slot = key.index_slot
 
     def next(self) -> Key:
         items = self.items
@@ -108,7 +111,7 @@ class BucketIndex:
 
     def add(self, key: Key) -> None:
         score = self._sign * self._score_of(key)
-        key._score = score
+        key.index_score = score
         ring = self._buckets.get(score)
         if ring is None:
             ring = self._buckets[score] = Ring()
@@ -121,10 +124,10 @@ class BucketIndex:
         self._size += 1
 
     def discard(self, key: Key) -> None:
-        ring = self._buckets[key._score]
+        ring = self._buckets[key.index_score]
         ring.remove(key)
         if not ring.items:
-            del self._buckets[key._score]
+            del self._buckets[key.index_score]
         self._size -= 1
 
     def pick(self) -> Key | None:
@@ -137,7 +140,7 @@ class BucketIndex:
         return None
 
     def rescore(self, key: Key) -> None:
-        if self._sign * self._score_of(key) != key._score:
+        if self._sign * self._score_of(key) != key.index_score:
             self.discard(key)
             self.add(key)
 
@@ -165,7 +168,7 @@ class InflightIndex:
         self._size += 1
 
     def discard(self, key: Key) -> None:
-        self._levels[int(key._score)].remove(key)
+        self._levels[int(key.index_score)].remove(key)
         self._size -= 1
 
     def pick(self) -> Key | None:
@@ -181,12 +184,12 @@ class InflightIndex:
 
     def rescore(self, key: Key) -> None:
         """Move `key` to the level of its current count (twice per request: no discard/add pair)."""
-        if key.inflight != key._score:
-            self._levels[int(key._score)].remove(key)
+        if key.inflight != key.index_score:
+            self._levels[int(key.index_score)].remove(key)
             self._put(key)
 
     def _put(self, key: Key) -> None:
-        level = key._score = key.inflight
+        level = key.index_score = key.inflight
         levels = self._levels
         while len(levels) <= level:
             levels.append(Ring())

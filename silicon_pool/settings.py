@@ -1,17 +1,19 @@
-"""Every runtime setting, declared once: name, default, parser and help.
+"""Every runtime setting, declared once, as one line of the `Settings` class.
 
-The admin edits them, SQLite keeps them, the request path reads them as plain attributes of
-one `Settings` object. Values are validated as a whole before any is applied, so a bad
-PATCH changes nothing.
+A declaration holds the setting's kind (which decides how a value is parsed and how the
+settings page shows it), its bounds, default, and label and help in Chinese and English. The
+admin's form, the JSON schema, validation and the stored values all come from it. The request
+path reads settings as plain attributes of the one `Settings` object: each declaration is a
+non-data descriptor, so once a value is set on the instance, reading it is a dict lookup.
+Values are validated as a whole before any is applied, so a bad PATCH changes nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, ClassVar, Generic, NamedTuple, Self, TypeVar, overload
 
 from .selection import STRATEGIES
 
@@ -36,118 +38,260 @@ DEFAULT_FREE_MODELS = (
     "Kwai-Kolors/Kolors",
 )
 
+T = TypeVar("T")
+
 
 class SettingError(ValueError):
     """A setting's name or value was refused; the message names it."""
 
 
-def _choice(options: tuple[str, ...]) -> Callable[[Any], str]:
-    def parse(value: Any) -> str:
-        if value not in options:
-            raise ValueError(f"must be one of {', '.join(options)}")
+class Words(NamedTuple):
+    """One text in both languages of the admin."""
+
+    zh: str
+    en: str
+
+    def of(self, lang: str) -> str:
+        return self.en if lang == "en" else self.zh
+
+
+class Setting(Generic[T]):
+    """One setting's declaration; subclasses are its kinds. `grid` names kinds laid out side by side."""
+
+    kind: ClassVar[str]
+    grid: ClassVar[str | None] = None
+    name: str
+
+    def __init__(self, default: T, label: Words, help: Words) -> None:  # noqa: A002 - what it is
+        self.default, self.label, self.help = default, label, help
+
+    def __set_name__(self, _owner: type, name: str) -> None:
+        self.name = name
+
+    @overload
+    def __get__(self, obj: None, owner: type) -> Self: ...
+    @overload
+    def __get__(self, obj: object, owner: type) -> T: ...
+    def __get__(self, obj: object, owner: type) -> Self | T:
+        return self if obj is None else self.default
+
+    def parse(self, value: Any) -> T:
+        """The value to use, or ValueError saying what is wrong with it."""
+        raise NotImplementedError
+
+    def bounds(self) -> dict[str, Any]:
+        """What the form and the schema need beyond the kind (limits, options)."""
+        return {}
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "default": jsonable(self.default),
+            "label": self.label._asdict(),
+            "help": self.help._asdict(),
+            **self.bounds(),
+        }
+
+
+def jsonable(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+class Choice(Setting[str]):
+    kind = "choice"
+
+    def __init__(self, default: str, options: Mapping[str, Words], label: Words, help: Words) -> None:  # noqa: A002
+        super().__init__(default, label, help)
+        self.options = dict(options)
+
+    def parse(self, value: Any) -> str:
+        if not isinstance(value, str) or value not in self.options:
+            raise ValueError(f"must be one of {', '.join(self.options)}")
         return value
 
-    return parse
+    def bounds(self) -> dict[str, Any]:
+        return {"options": [{"value": v, **words._asdict()} for v, words in self.options.items()]}
 
 
-def _number(low: float, high: float, *, integer: bool = False) -> Callable[[Any], float]:
-    def parse(value: Any) -> float:
+class Number(Setting[float]):
+    kind = "number"
+    grid = "numbers"
+
+    def __init__(self, default: float, low: float, high: float, label: Words, help: Words) -> None:  # noqa: A002
+        super().__init__(default, label, help)
+        self.low, self.high = low, high
+
+    def check(self, value: Any) -> float:
         if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
             raise ValueError("must be a number")
-        if integer and value != int(value):
-            raise ValueError("must be a whole number")
-        if not low <= value <= high:
-            raise ValueError(f"must be between {low:g} and {high:g}")
-        return int(value) if integer else float(value)
+        if not self.low <= value <= self.high:
+            raise ValueError(f"must be between {self.low:g} and {self.high:g}")
+        return value
 
-    return parse
+    def parse(self, value: Any) -> float:
+        return float(self.check(value))
+
+    def bounds(self) -> dict[str, Any]:
+        return {"min": self.low, "max": self.high}
+
+
+class Integer(Setting[int]):
+    kind = "integer"
+    grid = "numbers"
+
+    def __init__(self, default: int, low: int, high: int, label: Words, help: Words) -> None:  # noqa: A002
+        super().__init__(default, label, help)
+        self._number = Number(default, low, high, label, help)
+
+    def parse(self, value: Any) -> int:
+        number = self._number.check(value)
+        if number != int(number):
+            raise ValueError("must be a whole number")
+        return int(number)
+
+    def bounds(self) -> dict[str, Any]:
+        return self._number.bounds()
 
 
 _TOKEN = re.compile(r"[\x21-\x7e]{0,256}")
 
 
-def _token(value: Any) -> str:
-    if not isinstance(value, str) or not _TOKEN.fullmatch(value.strip()):
-        raise ValueError("must be up to 256 printable ASCII characters without spaces")
-    return value.strip()
+class Token(Setting[str]):
+    """A secret clients send as Bearer; the form offers to generate one."""
+
+    kind = "token"
+    grid = "tokens"
+
+    def parse(self, value: Any) -> str:
+        if not isinstance(value, str) or not _TOKEN.fullmatch(value.strip()):
+            raise ValueError("must be up to 256 printable ASCII characters without spaces")
+        return value.strip()
 
 
-def _model_list(value: Any) -> tuple[str, ...]:
-    """A list of model ids, or text with one per line or comma-separated."""
-    if isinstance(value, str):
-        value = re.split(r"[\s,，;]+", value)
-    if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
-        raise ValueError("must be a list of model ids")
-    models = tuple(dict.fromkeys(v.strip() for v in value if v.strip()))
-    if any(len(m) > 200 or any(c.isspace() for c in m) for m in models):
-        raise ValueError("model ids must be short and contain no spaces")
-    return models
+class ModelList(Setting[tuple[str, ...]]):
+    kind = "models"
+
+    def parse(self, value: Any) -> tuple[str, ...]:
+        """A list of model ids, or text with one per line or comma-separated."""
+        if isinstance(value, str):
+            value = re.split(r"[\s,，;]+", value)
+        if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+            raise ValueError("must be a list of model ids")
+        models = tuple(dict.fromkeys(v.strip() for v in value if v.strip()))
+        if any(len(m) > 200 or any(c.isspace() for c in m) for m in models):
+            raise ValueError("model ids must be short and contain no spaces")
+        return models
 
 
-def _url(value: Any) -> str:
-    if not isinstance(value, str) or not re.fullmatch(r"https?://[^\s/?#]+(/[^\s?#]*)?", value.strip()):
-        raise ValueError("must be an http(s) URL such as https://api.siliconflow.cn/v1")
-    return value.strip().rstrip("/")
+class Url(Setting[str]):
+    """An http(s) URL; with `paths`, a path on this server too (for a script the pages load)."""
 
+    kind = "url"
+    _BASE = re.compile(r"https?://[^\s/?#]+(/[^\s?#]*)?")
+    _SCRIPT = re.compile(r"(https?://[^\s\"'<>]+|/(?!/)[^\s\"'<>]*)")
 
-def _script_url(value: Any) -> str:
-    if not isinstance(value, str) or not re.fullmatch(r"(https?://[^\s\"'<>]+|/(?!/)[^\s\"'<>]*)", value.strip()):
-        raise ValueError("must be an http(s) URL or a path on this server such as /static/chart.umd.min.js")
-    return value.strip()
+    def __init__(self, default: str, label: Words, help: Words, *, paths: bool = False) -> None:  # noqa: A002
+        super().__init__(default, label, help)
+        self.paths = paths
 
+    def parse(self, value: Any) -> str:
+        if self.paths:
+            if not isinstance(value, str) or not self._SCRIPT.fullmatch(value.strip()):
+                raise ValueError("must be an http(s) URL or a path on this server such as /static/chart.umd.min.js")
+            return value.strip()
+        if not isinstance(value, str) or not self._BASE.fullmatch(value.strip()):
+            raise ValueError("must be an http(s) URL such as https://api.siliconflow.cn/v1")
+        return value.strip().rstrip("/")
 
-@dataclass(frozen=True, slots=True)
-class Setting:
-    name: str
-    default: Any
-    parse: Callable[[Any], Any]
-    help: str
-
-
-SETTINGS: tuple[Setting, ...] = (
-    Setting("strategy", "least_inflight", _choice(tuple(STRATEGIES)), "How the next key is picked (Key 选择策略)"),
-    Setting("api_token", "", _token, "Token clients must send as Bearer; empty accepts anyone (访问令牌，留空不校验)"),
-    Setting("free_token", "", _token, "Token that is served by zero-balance keys only (免费模型专用令牌)"),
-    Setting("free_models", DEFAULT_FREE_MODELS, _model_list, "Models tried on zero-balance keys first (免费模型列表)"),
-    Setting(
-        "max_attempts",
-        3,
-        _number(1, 20, integer=True),
-        "Keys tried per request before giving up (每个请求最多尝试的 Key 数)",
-    ),
-    Setting("cooldown_seconds", 30.0, _number(0, 3600), "Rest for a rate-limited or failing key (Key 冷却秒数)"),
-    Setting("connect_timeout", 10.0, _number(1, 600), "Seconds to connect to the upstream (连接超时)"),
-    Setting("read_timeout", 300.0, _number(1, 3600), "Longest silence between two upstream reads (读取超时)"),
-    Setting("max_body_mb", 64, _number(1, 1024, integer=True), "Largest request body accepted, in MB (请求体上限)"),
-    Setting("check_concurrency", 16, _number(1, 256, integer=True), "Balance checks run at once (余额检查并发数)"),
-    Setting(
-        "refresh_interval_minutes",
-        0,
-        _number(0, 10080, integer=True),
-        "Refresh balances every N minutes, 0 = off (自动刷新间隔)",
-    ),
-    Setting("upstream", DEFAULT_UPSTREAM, _url, "Upstream base URL including /v1 (上游地址)"),
-    Setting("chartjs_url", DEFAULT_CHARTJS, _script_url, "Where the stats page loads Chart.js from (图表库地址)"),
-)
-BY_NAME = {s.name: s for s in SETTINGS}
+    def bounds(self) -> dict[str, Any]:
+        return {"paths": self.paths}
 
 
 class Settings:
-    """Current values as attributes (typed below), plus listeners told what changed."""
+    """Current values as attributes, plus listeners told what changed. One line per setting."""
 
-    strategy: str
-    api_token: str
-    free_token: str
-    free_models: tuple[str, ...]
-    max_attempts: int
-    cooldown_seconds: float
-    connect_timeout: float
-    read_timeout: float
-    max_body_mb: int
-    check_concurrency: int
-    refresh_interval_minutes: int
-    upstream: str
-    chartjs_url: str
+    strategy = Choice(
+        "least_inflight",
+        {name: Words(zh, en) for name, (_, zh, en) in STRATEGIES.items()},
+        Words("Key 选择策略", "Key strategy"),
+        Words("下一个请求如何挑选 Key，修改后立即生效", "How the next key is picked; applies to the next request"),
+    )
+    api_token = Token(
+        "",
+        Words("访问令牌（留空则不校验）", "API token (empty accepts anyone)"),
+        Words("客户端以 Bearer 发送此令牌；留空时任何人都可使用", "Clients send it as Bearer; empty accepts anyone"),
+    )
+    free_token = Token(
+        "",
+        Words("免费模型令牌（只用零余额 Key）", "Free token (zero-balance keys only)"),
+        Words("携带此令牌的请求只使用零余额 Key", "Requests with this token are served by zero-balance keys only"),
+    )
+    free_models = ModelList(
+        DEFAULT_FREE_MODELS,
+        Words("免费模型（每行一个，优先用零余额 Key）", "Free models (one a line; zero-balance keys first)"),
+        Words("请求这些模型时先用零余额 Key，再用有余额的 Key", "These models try zero-balance keys before paid ones"),
+    )
+    max_attempts = Integer(
+        3,
+        1,
+        20,
+        Words("每个请求最多尝试的 Key 数", "Keys tried per request"),
+        Words("首字节发出前，失败后最多换几个 Key", "How many keys one request may try before it fails"),
+    )
+    cooldown_seconds = Number(
+        30.0,
+        0,
+        3600,
+        Words("出错 Key 冷却秒数", "Cooldown for a failing key (s)"),
+        Words("限流、过载或连不上的 Key 休息多久", "How long a rate-limited, overloaded or unreachable key rests"),
+    )
+    connect_timeout = Number(
+        10.0,
+        1,
+        600,
+        Words("连接超时（秒）", "Connect timeout (s)"),
+        Words("连接上游的最长等待", "Longest wait to connect to the upstream"),
+    )
+    read_timeout = Number(
+        300.0,
+        1,
+        3600,
+        Words("读取超时（两次读取间最长静默，秒）", "Read timeout (longest silence, s)"),
+        Words("上游两次发来数据之间允许的最长静默", "Longest silence allowed between two reads from the upstream"),
+    )
+    max_body_mb = Integer(
+        64,
+        1,
+        1024,
+        Words("请求体上限（MB）", "Largest request body (MB)"),
+        Words("更大的请求返回 413", "Larger requests are answered 413"),
+    )
+    check_concurrency = Integer(
+        16,
+        1,
+        256,
+        Words("余额检查并发数", "Balance checks at once"),
+        Words("导入与刷新时同时查询余额的数量", "Balance checks run at once during imports and refreshes"),
+    )
+    refresh_interval_minutes = Integer(
+        0,
+        0,
+        10080,
+        Words("自动刷新余额间隔（分钟，0 为关闭）", "Refresh balances every (min, 0 = off)"),
+        Words("定时刷新全部余额；0 表示不自动刷新", "Refresh every balance on a timer; 0 turns it off"),
+    )
+    upstream = Url(
+        DEFAULT_UPSTREAM,
+        Words("上游地址（含 /v1）", "Upstream base URL (with /v1)"),
+        Words("/v1/X 转发到 <上游>/X", "/v1/X is forwarded to <upstream>/X"),
+    )
+    chartjs_url = Url(
+        DEFAULT_CHARTJS,
+        Words("Chart.js 地址（可改为本地）", "Chart.js URL (may point to a local copy)"),
+        Words("统计页从这里加载图表库，可填本机路径", "Where the stats page loads Chart.js; a local path works"),
+        paths=True,
+    )
 
     def __init__(
         self,
@@ -169,7 +313,7 @@ class Settings:
         self.free_model_set = frozenset(self.free_models)
 
     def as_dict(self) -> dict[str, Any]:
-        return {s.name: list(v) if isinstance(v := getattr(self, s.name), tuple) else v for s in SETTINGS}
+        return {s.name: jsonable(getattr(self, s.name)) for s in SETTINGS}
 
     def validate(self, changes: dict[str, Any]) -> dict[str, Any]:
         """Parse every change or raise SettingError naming the first bad one."""
@@ -197,7 +341,7 @@ class Settings:
         async with self._lock:
             parsed = self.validate(changes)
             if self._persist is not None:
-                await self._persist(parsed)
+                await self._persist({name: jsonable(value) for name, value in parsed.items()})
             self.apply(parsed)
             return parsed
 
@@ -211,3 +355,7 @@ class Settings:
 
     def subscribe(self, listener: Callable[[set[str]], None]) -> None:
         self._listeners.append(listener)
+
+
+SETTINGS: tuple[Setting[Any], ...] = tuple(v for v in vars(Settings).values() if isinstance(v, Setting))
+BY_NAME = {s.name: s for s in SETTINGS}

@@ -13,11 +13,11 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import operator
 import os
 import queue
 import sqlite3
 import threading
-import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
@@ -25,74 +25,14 @@ from typing import Any, NamedTuple, TypeVar
 import orjson
 
 from .crypto import Secrets
-from .pool import Key
+from .keys import COLUMN_NAMES, STORED, UPDATED, Key, from_row
+from .schema import check_version, upgrade
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 DB_FILE = "pool.db"
 FLUSH_SECONDS = 0.5
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS keys (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused: a late update for a deleted key finds no row
-    key_hash TEXT NOT NULL UNIQUE,
-    key_enc BLOB NOT NULL,
-    added_at REAL NOT NULL,
-    balance REAL,
-    usage_count INTEGER NOT NULL DEFAULT 0,
-    enabled INTEGER NOT NULL DEFAULT 1,
-    state TEXT NOT NULL DEFAULT 'active',
-    last_used_at REAL,
-    last_error TEXT,
-    account_id TEXT
-);
-CREATE TABLE IF NOT EXISTS settings (
-    name TEXT PRIMARY KEY,
-    value TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS calls (
-    id INTEGER PRIMARY KEY,
-    ts REAL NOT NULL,
-    endpoint TEXT NOT NULL,
-    model TEXT,
-    key_id INTEGER,
-    status INTEGER NOT NULL,
-    attempts INTEGER NOT NULL,
-    latency_ms INTEGER NOT NULL,
-    ttfb_ms INTEGER,
-    prompt_tokens INTEGER NOT NULL DEFAULT 0,
-    completion_tokens INTEGER NOT NULL DEFAULT 0,
-    total_tokens INTEGER NOT NULL DEFAULT 0,
-    images INTEGER NOT NULL DEFAULT 0,
-    stream INTEGER NOT NULL DEFAULT 0,
-    caller TEXT NOT NULL,
-    error TEXT
-);
-CREATE INDEX IF NOT EXISTS calls_ts ON calls (ts);
-CREATE INDEX IF NOT EXISTS calls_model_ts ON calls (model, ts);
-CREATE INDEX IF NOT EXISTS calls_endpoint_ts ON calls (endpoint, ts);
-CREATE INDEX IF NOT EXISTS calls_errors_ts ON calls (ts) WHERE status >= 400 OR error IS NOT NULL;
-CREATE TABLE IF NOT EXISTS usage_hourly (
-    hour INTEGER NOT NULL,
-    model TEXT NOT NULL,
-    endpoint TEXT NOT NULL,
-    calls INTEGER NOT NULL DEFAULT 0,
-    errors INTEGER NOT NULL DEFAULT 0,
-    prompt_tokens INTEGER NOT NULL DEFAULT 0,
-    completion_tokens INTEGER NOT NULL DEFAULT 0,
-    total_tokens INTEGER NOT NULL DEFAULT 0,
-    images INTEGER NOT NULL DEFAULT 0,
-    PRIMARY KEY (hour, model, endpoint)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS admin (
-    id INTEGER PRIMARY KEY CHECK (id = 1),
-    username TEXT NOT NULL,
-    password_hash TEXT NOT NULL,
-    is_default INTEGER NOT NULL,
-    epoch TEXT NOT NULL
-);
-"""
 
 
 class CallRecord(NamedTuple):
@@ -122,12 +62,17 @@ _INSERT_CALLS = (
     + ", ".join(f"json_extract(value, '$[{i}]')" for i in range(len(CallRecord._fields)))
     + " FROM json_each(?)"
 )
-_KEY_FIELDS = ("balance", "usage_count", "enabled", "state", "last_used_at", "last_error", "account_id")
 # Changed keys the same way: one statement, one JSON array of `_key_row` tuples (the id last).
 _UPDATE_KEYS = (
     "UPDATE keys SET "
-    + ", ".join(f"{name} = json_extract(batch.value, '$[{i}]')" for i, name in enumerate(_KEY_FIELDS))
-    + f" FROM json_each(?) AS batch WHERE keys.id = json_extract(batch.value, '$[{len(_KEY_FIELDS)}]')"
+    + ", ".join(f"{name} = json_extract(batch.value, '$[{i}]')" for i, name in enumerate(UPDATED))
+    + f" FROM json_each(?) AS batch WHERE keys.id = json_extract(batch.value, '$[{len(UPDATED)}]')"
+)
+_UPDATED_ROW = operator.attrgetter(*UPDATED, "id")
+_LOAD_KEYS = f"SELECT id, key_enc, {', '.join(COLUMN_NAMES)} FROM keys"
+_INSERT_KEY = (
+    f"INSERT OR IGNORE INTO keys (key_hash, key_enc, {', '.join(COLUMN_NAMES)})"
+    f" VALUES (?, ?, {', '.join('?' * len(COLUMN_NAMES))})"
 )
 # Per-hour totals of the rows just inserted, summed by SQLite itself.
 _UPSERT_HOURLY = """
@@ -168,17 +113,9 @@ def connect(path: Path) -> sqlite3.Connection:
 
 
 def _key_row(key: Key) -> tuple[Any, ...]:
-    key.queued = False  # first: a change made while the row is read queues the key again
-    return (
-        key.balance,
-        key.usage_count,
-        int(key.enabled),
-        key.state,
-        key.last_used_at,
-        key.last_error,
-        key.account_id,
-        key.id,
-    )
+    key.save_queued = False  # first: a change made while the row is read queues the key again
+    row: tuple[Any, ...] = _UPDATED_ROW(key)
+    return row
 
 
 class Store:
@@ -200,15 +137,21 @@ class Store:
 
     # -- life cycle ---------------------------------------------------------------------------
 
-    def open(self) -> None:
-        """Create the file (owner-only) and schema, then start the writer thread."""
+    def open(self) -> list[str]:
+        """Create (owner-only) or upgrade the database, then start the writer; returns the migrations run.
+
+        A database from a newer release raises `SchemaTooNew` before anything is written."""
+        check_version(self.path)
         if not self.path.exists():
             os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600))
         conn = connect(self.path)
-        conn.executescript(SCHEMA)
-        conn.close()
+        try:
+            ran = upgrade(conn, self.path)
+        finally:
+            conn.close()
         self._writer = threading.Thread(target=self._write_loop, name="sqlite-writer", daemon=True)
         self._writer.start()
+        return ran
 
     def close(self) -> None:
         """Flush everything queued, stop the writer and the readers (once traffic has stopped)."""
@@ -233,33 +176,15 @@ class Store:
         return {name: orjson.loads(value) for name, value in rows}
 
     def _load_keys(self, conn: sqlite3.Connection) -> list[Key]:
-        rows = conn.execute(
-            "SELECT id, key_enc, added_at, balance, usage_count, enabled, state, last_used_at, last_error,"
-            " account_id FROM keys"
-        ).fetchall()
         decrypt = self.secrets.decrypt
-        return [
-            Key(
-                r[0],
-                decrypt(r[1]),
-                added_at=r[2],
-                balance=r[3],
-                usage_count=r[4],
-                enabled=bool(r[5]),
-                state=r[6],
-                last_used_at=r[7],
-                last_error=r[8],
-                account_id=r[9],
-            )
-            for r in rows
-        ]
+        return [from_row(r[0], decrypt(r[1]), r[2:]) for r in conn.execute(_LOAD_KEYS).fetchall()]
 
     # -- the request path: enqueue only -------------------------------------------------------
 
     def save_key(self, key: Key) -> None:
         """Persist `key`'s counters and state with the next batch (listed once until written)."""
-        if not key.queued:
-            key.queued = True
+        if not key.save_queued:
+            key.save_queued = True
             self._keys.append(key)
             if not self._due:
                 self._hand_over_soon()
@@ -315,24 +240,17 @@ class Store:
 
     # -- common jobs --------------------------------------------------------------------------
 
-    async def insert_keys(self, entries: Iterable[tuple[str, float | None, str, str | None]]) -> list[Key]:
-        """Add (secret, balance, state, account_id) entries; keys already stored are skipped."""
-        items = list(entries)
-        now = time.time()
+    async def insert_keys(self, keys: Iterable[Key]) -> list[Key]:
+        """Store new keys (their `id` is set here); those whose secret is already stored are skipped."""
+        items = list(keys)
         encrypt, fingerprint = self.secrets.encrypt, self.secrets.fingerprint
 
         def insert(conn: sqlite3.Connection) -> list[Key]:
             added = []
-            for secret, balance, state, account_id in items:
-                cur = conn.execute(
-                    "INSERT OR IGNORE INTO keys (key_hash, key_enc, added_at, balance, state, account_id)"
-                    " VALUES (?, ?, ?, ?, ?, ?)",
-                    (fingerprint(secret), encrypt(secret), now, balance, state, account_id),
-                )
-                if cur.rowcount:
-                    key = Key(
-                        cur.lastrowid or 0, secret, added_at=now, balance=balance, state=state, account_id=account_id
-                    )
+            for key in items:
+                cur = conn.execute(_INSERT_KEY, (fingerprint(key.secret), encrypt(key.secret), *STORED(key)))
+                if cur.rowcount and cur.lastrowid is not None:
+                    key.id = cur.lastrowid
                     added.append(key)
             return added
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +18,8 @@ from openai import AsyncOpenAI
 
 from silicon_pool.app import create_app
 from silicon_pool.config import Config
-from silicon_pool.pool import ACTIVE, Key, KeyPool
+from silicon_pool.keys import Key
+from silicon_pool.pool import KeyPool
 from silicon_pool.server import PoolRunner
 from silicon_pool.store import DB_FILE, Store
 from silicon_pool.typedefs import POOL, SETTINGS, STORE
@@ -52,8 +54,8 @@ class Running:
         return self.server.app[STORE]
 
     async def add_keys(self, *entries: tuple[str, float | None]) -> list[Key]:
-        """Put keys in the store and the pool, as an import will (until the admin API lands)."""
-        keys = await self.store.insert_keys((secret, balance, ACTIVE, None) for secret, balance in entries)
+        """Put keys in the store and the pool, as an import does (without asking the upstream)."""
+        keys = await self.store.insert_keys(Key(0, secret, time.time(), balance) for secret, balance in entries)
         self.pool.add_many(keys)
         return keys
 

@@ -10,7 +10,7 @@ import openai
 import orjson
 import pytest
 
-from silicon_pool.pool import INVALID
+from silicon_pool.keys import INVALID
 from tests.conftest import Running, paid_keys
 from tests.fake_upstream import FakeUpstream
 

@@ -8,7 +8,8 @@ import time
 
 import pytest
 
-from silicon_pool.pool import FREE, INVALID, PAID, Key, KeyPool
+from silicon_pool.keys import INVALID, Key
+from silicon_pool.pool import FREE, PAID, KeyPool
 from silicon_pool.selection import STRATEGIES, BucketIndex
 from tests.fake_upstream import make_key
 

@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 from silicon_pool.crypto import Secrets
+from silicon_pool.keys import Key
 from silicon_pool.store import CallRecord, Store
 from silicon_pool.usage import token_usage
 
@@ -57,7 +58,7 @@ async def test_changed_keys_are_written_field_for_field(tmp_path: Path) -> None:
     store.open()
     try:
         changed, deleted = await store.insert_keys(
-            [("sk-" + "a" * 48, 5.0, "active", None), ("sk-" + "b" * 48, 1.0, "active", None)]
+            [Key(0, "sk-" + "a" * 48, 1.0, 5.0), Key(0, "sk-" + "b" * 48, 2.0, 1.0)]
         )
         changed.balance, changed.usage_count, changed.enabled, changed.state = None, 2**40, False, "invalid"
         changed.last_used_at, changed.account_id = 1_764_000_000.123456789, "acc-1"
@@ -72,4 +73,4 @@ async def test_changed_keys_are_written_field_for_field(tmp_path: Path) -> None:
         store.close()
     fields = ("id", "secret", "balance", "usage_count", "enabled", "state", "last_used_at", "last_error", "account_id")
     assert [getattr(loaded, f) for f in fields] == [getattr(changed, f) for f in fields]
-    assert not changed.queued
+    assert not changed.save_queued

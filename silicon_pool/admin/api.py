@@ -13,9 +13,8 @@ import orjson
 from aiohttp import web
 from aiohttp_session import get_session
 
+from ..keys import INVALID, Key
 from ..models import CatalogUnavailable
-from ..pool import INVALID, Key
-from ..selection import STRATEGIES
 from ..settings import SETTINGS as SETTING_LIST
 from ..settings import SettingError
 from ..typedefs import ACCOUNT, CATALOG, JOBS, LIFECYCLE, POOL, SETTINGS, STORE, THROTTLE
@@ -108,21 +107,6 @@ def _ids(value: Any) -> list[int]:
     ):
         raise ApiError(400, "ids: must be a list of key ids")
     return value
-
-
-def _key_view(key: Key, now: float) -> dict[str, Any]:
-    return {
-        "id": key.id,
-        "key_masked": key.masked,
-        "balance": key.balance,
-        "usage_count": key.usage_count,
-        "enabled": key.enabled,
-        "state": key.status(now),
-        "added_at": key.added_at,
-        "last_used_at": key.last_used_at,
-        "last_error": key.last_error,
-        "account_id": key.account_id,
-    }
 
 
 def _key(request: web.Request) -> Key:
@@ -235,7 +219,7 @@ async def list_keys(request: web.Request) -> web.Response:
     keys = _select(list(request.app[POOL].keys.values()), state, query, now)
     keys.sort(key=KEY_SORTS[sort], reverse=order == "desc")
     start = (page - 1) * size
-    return dumps({"items": [_key_view(k, now) for k in keys[start : start + size]], "total": len(keys)})
+    return dumps({"items": [k.view(now) for k in keys[start : start + size]], "total": len(keys)})
 
 
 async def key_secret(request: web.Request) -> web.Response:
@@ -250,7 +234,7 @@ async def patch_key(request: web.Request) -> web.Response:
         raise ApiError(400, 'enabled: send {"enabled": true|false}')
     request.app[LIFECYCLE].set_enabled([key.id], data["enabled"])
     await request.app[STORE].flush()  # answered once saved
-    return dumps(_key_view(key, time.monotonic()))
+    return dumps(key.view(time.monotonic()))
 
 
 async def delete_key(request: web.Request) -> web.Response:
@@ -352,12 +336,7 @@ async def get_settings(request: web.Request) -> web.Response:
 
 
 async def settings_schema(_request: web.Request) -> web.Response:
-    return dumps(
-        {
-            "settings": [{"name": s.name, "default": s.default, "help": s.help} for s in SETTING_LIST],
-            "strategies": [{"name": n, "zh": zh, "en": en} for n, (_, zh, en) in STRATEGIES.items()],
-        }
-    )
+    return dumps({"settings": [s.describe() for s in SETTING_LIST]})
 
 
 async def patch_settings(request: web.Request) -> web.Response:

@@ -169,19 +169,6 @@ TEXT: dict[str, tuple[str, str]] = {
     "settings.new_username": ("新用户名（可留空）", "New username (optional)"),
     "settings.new_password": ("新密码（至少 6 位）", "New password (6+ characters)"),
     "settings.change_account": ("修改账号", "Change account"),
-    "set.strategy": ("Key 选择策略", "Key strategy"),
-    "set.api_token": ("访问令牌（留空则不校验）", "API token (empty accepts anyone)"),
-    "set.free_token": ("免费模型令牌（只用零余额 Key）", "Free token (zero-balance keys only)"),
-    "set.free_models": ("免费模型（每行一个，优先用零余额 Key）", "Free models (one a line; zero-balance keys first)"),
-    "set.max_attempts": ("每个请求最多尝试的 Key 数", "Keys tried per request"),
-    "set.cooldown_seconds": ("出错 Key 冷却秒数", "Cooldown for a failing key (s)"),
-    "set.connect_timeout": ("连接超时（秒）", "Connect timeout (s)"),
-    "set.read_timeout": ("读取超时（两次读取间最长静默，秒）", "Read timeout (longest silence, s)"),
-    "set.max_body_mb": ("请求体上限（MB）", "Largest request body (MB)"),
-    "set.check_concurrency": ("余额检查并发数", "Balance checks at once"),
-    "set.refresh_interval_minutes": ("自动刷新余额间隔（分钟，0 为关闭）", "Refresh balances every (min, 0 = off)"),
-    "set.upstream": ("上游地址（含 /v1）", "Upstream base URL (with /v1)"),
-    "set.chartjs_url": ("Chart.js 地址（可改为本地）", "Chart.js URL (may point to a local copy)"),
 }
 
 # What the page scripts need, beside the labels they find in the page.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from itertools import groupby
 from pathlib import Path
 from typing import Any
 
@@ -10,11 +11,15 @@ import jinja2
 from aiohttp import web
 
 from .. import __version__
-from ..settings import DEFAULT_CHARTJS, DEFAULT_CHARTJS_INTEGRITY
+from ..settings import DEFAULT_CHARTJS, DEFAULT_CHARTJS_INTEGRITY, Setting
+from ..settings import SETTINGS as SETTING_LIST
 from ..typedefs import ACCOUNT, SETTINGS
 from .i18n import language, script_messages, translator
 
-ROOT = Path(__file__).resolve().parent.parent.parent
+# An installed wheel carries templates/ and static/ inside the package (setup.cfg maps them there);
+# a source checkout or an editable install has them at the top of the repo.
+PACKAGE = Path(__file__).resolve().parent.parent
+ROOT = PACKAGE if (PACKAGE / "templates").is_dir() else PACKAGE.parent
 TEMPLATES, STATIC = ROOT / "templates", ROOT / "static"
 
 # path -> (template, title key)
@@ -26,6 +31,13 @@ PAGES = {
     "/stats": ("stats.html", "nav.stats"),
     "/settings": ("settings.html", "nav.settings"),
 }
+
+
+# The settings form, in declaration order: neighbours of one small kind (tokens, numbers) share a grid row.
+SETTING_ROWS: list[tuple[bool, list[Setting[Any]]]] = [
+    (grid, list(fields))
+    for (grid, _), fields in groupby(SETTING_LIST, key=lambda s: (s.grid is not None, s.grid or s.name))
+]
 
 
 def setup_templates(app: web.Application) -> None:
@@ -57,7 +69,13 @@ async def page(request: web.Request) -> web.Response:
     template, title = PAGES[request.path]
     chartjs = request.app[SETTINGS].chartjs_url
     integrity = DEFAULT_CHARTJS_INTEGRITY if chartjs == DEFAULT_CHARTJS else None
-    context = {**_frame(request), "title": title, "chartjs_url": chartjs, "chartjs_integrity": integrity}
+    context = {
+        **_frame(request),
+        "title": title,
+        "chartjs_url": chartjs,
+        "chartjs_integrity": integrity,
+        "setting_rows": SETTING_ROWS,
+    }
     response = aiohttp_jinja2.render_template(template, request, context)
     response.headers["Cache-Control"] = "no-store"
     return response

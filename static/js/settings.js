@@ -1,36 +1,32 @@
-// Settings: every runtime setting, saved as one PATCH; the admin account below.
+// Settings: the form the server drew from the settings' declarations, saved as one PATCH;
+// each field's data-kind says how its value reads. The admin account below.
 "use strict";
 
 const form = document.getElementById("settings-form");
-const NUMBERS = ["max_attempts", "cooldown_seconds", "connect_timeout", "read_timeout", "max_body_mb", "check_concurrency", "refresh_interval_minutes"];
-const TEXTS = ["api_token", "free_token", "upstream", "chartjs_url"];
-const english = document.documentElement.lang === "en";
-let strategies = [];
+const fields = [...form.querySelectorAll("[data-kind]")];
 
-function showStrategyHelp() {
-  const chosen = strategies.find((s) => s.name === form.strategy.value);
-  document.getElementById("strategy-help").textContent = chosen ? (english ? chosen.en : chosen.zh) : "";
+function showChoiceHelp(select) {
+  document.getElementById(`${select.name}-help`).textContent = select.selectedOptions[0]?.dataset.help || "";
 }
 
 function fill(values) {
-  for (const name of [...NUMBERS, ...TEXTS, "strategy"]) form[name].value = values[name];
-  form.free_models.value = values.free_models.join("\n");
-  showStrategyHelp();
+  for (const field of fields) {
+    const value = values[field.name];
+    field.value = field.dataset.kind === "models" ? value.join("\n") : value;
+    if (field.dataset.kind === "choice") showChoiceHelp(field);
+  }
 }
 
-async function load() {
-  const [schema, values] = await Promise.all([api("GET", "/api/settings/schema"), api("GET", "/api/settings")]);
-  strategies = schema.strategies;
-  form.strategy.replaceChildren(...strategies.map((s) => {
-    const option = el("option", `${s.name} — ${english ? s.en : s.zh}`);
-    option.value = s.name;
-    return option;
-  }));
-  fill(values);
+function read(field) {
+  const kind = field.dataset.kind;
+  if (kind === "integer" || kind === "number") return field.value === "" ? null : Number(field.value);
+  return kind === "models" ? field.value : field.value.trim();
 }
 
-form.strategy.addEventListener("change", showStrategyHelp);
-for (const button of document.querySelectorAll("[data-generate]")) {
+for (const select of form.querySelectorAll("select[data-kind=choice]")) {
+  select.addEventListener("change", () => showChoiceHelp(select));
+}
+for (const button of form.querySelectorAll("[data-generate]")) {
   button.addEventListener("click", () => {
     const bytes = crypto.getRandomValues(new Uint8Array(24));
     form[button.dataset.generate].value = `sp-${[...bytes].map((b) => b.toString(16).padStart(2, "0")).join("")}`;
@@ -38,9 +34,7 @@ for (const button of document.querySelectorAll("[data-generate]")) {
 }
 form.addEventListener("submit", async (event) => {
   event.preventDefault();
-  const changes = { strategy: form.strategy.value, free_models: form.free_models.value };
-  for (const name of NUMBERS) changes[name] = form[name].value === "" ? null : Number(form[name].value);
-  for (const name of TEXTS) changes[name] = form[name].value.trim();
+  const changes = Object.fromEntries(fields.map((field) => [field.name, read(field)]));
   const saved = await attempt(() => api("PATCH", "/api/settings", changes), t("common.saved"));
   if (saved) fill(saved);
 });
@@ -54,4 +48,4 @@ account.addEventListener("submit", async (event) => {
   if (result) location.reload();
 });
 
-attempt(load);
+attempt(async () => fill(await api("GET", "/api/settings")));

@@ -1,0 +1,173 @@
+"""The database schema, its version, and the migrations that bring an older data dir up to it.
+
+A new data dir gets the current schema (the keys table built from `keys.COLUMNS`) and the
+current version in `PRAGMA user_version`. A data dir from an earlier release runs each missing
+migration in order, each in its own transaction together with its version stamp, so an upgrade
+stopped half-way resumes where it stopped. A data dir from a newer release is refused before
+anything is written. Every schema change appends one migration here (and an upgrade test);
+tests/test_schema.py checks that an upgraded data dir ends with exactly the schema of a new one.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+from typing import NamedTuple
+
+from .keys import COLUMNS
+
+log = logging.getLogger(__name__)
+
+# The secret is stored apart from the key's columns: encrypted, and fingerprinted for duplicates.
+KEYS_IDENTITY = (
+    "id INTEGER PRIMARY KEY AUTOINCREMENT",  # never reused: a late update for a deleted key finds no row
+    "key_hash TEXT NOT NULL UNIQUE",
+    "key_enc BLOB NOT NULL",
+)
+
+OTHER_TABLES = """
+CREATE TABLE settings (
+    name TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE calls (
+    id INTEGER PRIMARY KEY,
+    ts REAL NOT NULL,
+    endpoint TEXT NOT NULL,
+    model TEXT,
+    key_id INTEGER,
+    status INTEGER NOT NULL,
+    attempts INTEGER NOT NULL,
+    latency_ms INTEGER NOT NULL,
+    ttfb_ms INTEGER,
+    prompt_tokens INTEGER NOT NULL DEFAULT 0,
+    completion_tokens INTEGER NOT NULL DEFAULT 0,
+    total_tokens INTEGER NOT NULL DEFAULT 0,
+    images INTEGER NOT NULL DEFAULT 0,
+    stream INTEGER NOT NULL DEFAULT 0,
+    caller TEXT NOT NULL,
+    error TEXT
+);
+CREATE INDEX calls_ts ON calls (ts);
+CREATE INDEX calls_model_ts ON calls (model, ts);
+CREATE INDEX calls_endpoint_ts ON calls (endpoint, ts);
+CREATE INDEX calls_errors_ts ON calls (ts) WHERE status >= 400 OR error IS NOT NULL;
+CREATE TABLE usage_hourly (
+    hour INTEGER NOT NULL,
+    model TEXT NOT NULL,
+    endpoint TEXT NOT NULL,
+    calls INTEGER NOT NULL DEFAULT 0,
+    errors INTEGER NOT NULL DEFAULT 0,
+    prompt_tokens INTEGER NOT NULL DEFAULT 0,
+    completion_tokens INTEGER NOT NULL DEFAULT 0,
+    total_tokens INTEGER NOT NULL DEFAULT 0,
+    images INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (hour, model, endpoint)
+) WITHOUT ROWID;
+CREATE TABLE admin (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    username TEXT NOT NULL,
+    password_hash TEXT NOT NULL,
+    is_default INTEGER NOT NULL,
+    epoch TEXT NOT NULL
+);
+"""
+
+
+def current_schema() -> str:
+    """The whole schema a new data dir gets."""
+    keys = ",\n    ".join([*KEYS_IDENTITY, *(f"{c.name} {c.sql}" for c in COLUMNS)])
+    return f"CREATE TABLE keys (\n    {keys}\n);\n{OTHER_TABLES}"
+
+
+class Migration(NamedTuple):
+    """Brings a data dir from the version before it to its own (its place in MIGRATIONS, from 1)."""
+
+    what: str
+    run: Callable[[sqlite3.Connection], object]
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    # Releases before schema versions (up to commit fa0878f) left user_version at 0 and wrote
+    # exactly the schema that version 1 is: nothing to change, only the stamp.
+    Migration("stamp the schema of releases before versions as version 1", lambda _conn: None),
+)
+VERSION = len(MIGRATIONS)
+
+
+class SchemaTooNew(RuntimeError):
+    """The data dir was written by a newer release; it is left untouched."""
+
+    def __init__(self, path: Path, found: int) -> None:
+        super().__init__(
+            f"{path} has schema version {found}, but this silicon-pool knows versions up to {VERSION}: "
+            "it was written by a newer release. Upgrade silicon-pool (or use another --data-dir); "
+            "nothing in it was changed."
+        )
+        self.found = found
+
+
+def version_of(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("PRAGMA user_version").fetchone()[0])
+
+
+def check_version(path: Path) -> None:
+    """Refuse a data dir from a newer release, reading only (before any pragma or write)."""
+    if not path.exists():
+        return
+    conn = sqlite3.connect(path)
+    try:
+        found = version_of(conn)
+    finally:
+        conn.close()
+    if found > VERSION:
+        raise SchemaTooNew(path, found)
+
+
+def _has_tables(conn: sqlite3.Connection) -> bool:
+    return conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'keys'").fetchone() is not None
+
+
+def upgrade(conn: sqlite3.Connection, path: Path) -> list[str]:
+    """Create or migrate the schema on `conn` (autocommit mode); returns what the migrations did.
+
+    Each step reads the version inside its own transaction, so two processes starting on one
+    data dir never run a migration twice."""
+    ran: list[str] = []
+    while True:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            found = version_of(conn)
+            if found > VERSION:
+                raise SchemaTooNew(path, found)
+            if found == VERSION:
+                conn.execute("COMMIT")
+                return ran
+            if found == 0 and not _has_tables(conn):  # a new data dir: the current schema at once
+                for statement in _statements(current_schema()):
+                    conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {VERSION}")
+            else:
+                migration = MIGRATIONS[found]
+                migration.run(conn)
+                conn.execute(f"PRAGMA user_version = {found + 1}")
+                log.info("database upgraded to schema version %d: %s", found + 1, migration.what)
+                ran.append(migration.what)
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+
+def _statements(script: str) -> list[str]:
+    """`script` split into statements (executescript would commit the open transaction)."""
+    statements, pending = [], ""
+    for line in script.splitlines(keepends=True):
+        pending += line
+        if sqlite3.complete_statement(pending):
+            statements.append(pending.strip())
+            pending = ""
+    return statements
