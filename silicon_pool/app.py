@@ -1,6 +1,7 @@
 """The application factory: every resource opened and closed in one cleanup context.
 
-`/v1/*` is not routed here: the server hands it to the proxy directly (server.py).
+The app routes everything itself, `/v1/*` to the proxy included, so aiohttp's test client,
+`web.run_app` or any other runner serve it whole; server.py only adds a shortcut for `/v1/*`.
 """
 
 from __future__ import annotations
@@ -140,6 +141,14 @@ async def missing_v1(request: web.Request) -> web.Response:
     )
 
 
+async def to_proxy(request: web.Request) -> web.StreamResponse:
+    return await request.app[PROXY].handle(request)
+
+
+async def proxy_decides_expect(_request: web.Request) -> None:
+    """The proxy answers `Expect` itself, once it has admitted the request (aiohttp would answer first)."""
+
+
 async def healthz(request: web.Request) -> web.Response:
     """For monitors: can the pool serve? No secrets, no login."""
     pool = request.app[POOL]
@@ -157,6 +166,7 @@ def create_app(config: Config) -> web.Application:
     app[CONFIG], app[SECRETS], app[THROTTLE] = config, secrets, LoginThrottle()
     app[HOSTS] = HostCheck(config.allowed_hosts)
     app.cleanup_ctx.extend([_storage, _upstream, _jobs])
+    app.router.add_route("*", "/v1/{tail:.*}", to_proxy, expect_handler=proxy_decides_expect)
     app.router.add_get("/healthz", healthz)
     app.router.add_route(
         "*", r"/{endpoint:(chat/completions|completions|embeddings|models|rerank|images/generations)}", missing_v1

@@ -1,34 +1,42 @@
-"""Typed application state, declared in one place."""
+"""Typed application state, declared in one place.
+
+Nothing of the project is imported at run time (the classes only type the keys), so any module
+can read app state without an import circle.
+"""
 
 from __future__ import annotations
 
-import aiohttp
+from typing import TYPE_CHECKING
+
 from aiohttp import web
 
-from .admin.auth import Account, LoginThrottle
-from .balance import BalanceChecker
-from .config import Config
-from .crypto import Secrets
-from .hosts import HostCheck
-from .jobs import Jobs
-from .lifecycle import KeyLifecycle
-from .models import ModelCatalog
-from .pool import KeyPool
-from .proxy import Proxy
-from .settings import Settings
-from .store import Store
+if TYPE_CHECKING:
+    import aiohttp
 
-CONFIG = web.AppKey("config", Config)
-SECRETS = web.AppKey("secrets", Secrets)
-STORE = web.AppKey("store", Store)
-SETTINGS = web.AppKey("settings", Settings)
-POOL = web.AppKey("pool", KeyPool)
-UPSTREAM = web.AppKey("upstream", aiohttp.ClientSession)
-PROXY = web.AppKey("proxy", Proxy)
-CHECKER = web.AppKey("checker", BalanceChecker)
-LIFECYCLE = web.AppKey("lifecycle", KeyLifecycle)
-JOBS = web.AppKey("jobs", Jobs)
-CATALOG = web.AppKey("catalog", ModelCatalog)
-ACCOUNT = web.AppKey("account", Account)
-THROTTLE = web.AppKey("throttle", LoginThrottle)
-HOSTS = web.AppKey("hosts", HostCheck)
+    from .admin.auth import Account, LoginThrottle
+    from .balance import BalanceChecker
+    from .config import Config
+    from .crypto import Secrets
+    from .hosts import HostCheck
+    from .jobs import Jobs
+    from .lifecycle import KeyLifecycle
+    from .models import ModelCatalog
+    from .pool import KeyPool
+    from .proxy import Proxy
+    from .settings import Settings
+    from .store import Store
+
+CONFIG: web.AppKey[Config] = web.AppKey("config")
+SECRETS: web.AppKey[Secrets] = web.AppKey("secrets")
+STORE: web.AppKey[Store] = web.AppKey("store")
+SETTINGS: web.AppKey[Settings] = web.AppKey("settings")
+POOL: web.AppKey[KeyPool] = web.AppKey("pool")
+UPSTREAM: web.AppKey[aiohttp.ClientSession] = web.AppKey("upstream")
+PROXY: web.AppKey[Proxy] = web.AppKey("proxy")
+CHECKER: web.AppKey[BalanceChecker] = web.AppKey("checker")
+LIFECYCLE: web.AppKey[KeyLifecycle] = web.AppKey("lifecycle")
+JOBS: web.AppKey[Jobs] = web.AppKey("jobs")
+CATALOG: web.AppKey[ModelCatalog] = web.AppKey("catalog")
+ACCOUNT: web.AppKey[Account] = web.AppKey("account")
+THROTTLE: web.AppKey[LoginThrottle] = web.AppKey("throttle")
+HOSTS: web.AppKey[HostCheck] = web.AppKey("hosts")

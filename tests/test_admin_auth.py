@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import sqlite3
 import sys
 from asyncio.subprocess import PIPE
 from pathlib import Path
@@ -11,6 +12,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from silicon_pool.admin import pages, queries
 from silicon_pool.admin.auth import LoginThrottle
 from silicon_pool.admin.gate import PUBLIC
 from silicon_pool.app import create_app
@@ -234,3 +236,26 @@ async def test_a_huge_chunked_body_is_cut_off(proxy: Running, http: aiohttp.Clie
 
     async with http.post(f"{proxy.base}/api/login", data=body(), headers={"Content-Type": "application/json"}) as resp:
         assert resp.status == 400
+
+
+async def test_an_unexpected_failure_is_logged_and_answered_without_a_traceback(
+    proxy: Running, admin: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(*_args: object) -> None:
+        raise sqlite3.DatabaseError("database disk image is malformed")
+
+    monkeypatch.setattr(queries, "totals_since", broken)
+    async with admin.get("/api/summary") as resp:
+        assert resp.status == 500 and resp.content_type == "application/json"
+        body = await resp.text()
+    assert "internal error" in body and "Traceback" not in body and "malformed" not in body
+    monkeypatch.setattr(pages, "translator", broken)
+    async with admin.get("/keys") as resp:
+        assert resp.status == 500 and resp.content_type == "text/plain"
+        assert "Traceback" not in await resp.text()
+        assert resp.headers["X-Content-Type-Options"] == "nosniff"
+    failures = [r for r in caplog.records if r.levelname == "ERROR" and r.exc_info]
+    assert [r.getMessage() for r in failures] == ["admin GET /api/summary failed", "admin GET /keys failed"]
+    monkeypatch.undo()
+    async with admin.get("/api/summary") as resp:  # and the server goes on serving
+        assert resp.status == 200

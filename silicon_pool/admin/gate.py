@@ -1,17 +1,20 @@
-"""One middleware in front of everything but the proxy: sessions, login, CSRF, JSON errors.
+"""One middleware in front of everything but the proxy: sessions, login, CSRF, errors.
 
-`/v1/*` never reaches it (server.py hands those to the proxy, which has its own token check and
-error format). For `/api/*`, a request without a session gets 401 (login alone is open), and an
-unsafe request whose Origin or Referer names another site gets 403.
+`/v1/*` passes untouched (the proxy has its own token check and error format; server.py skips
+this middleware for it altogether). For `/api/*`, a request without a session gets 401 (login
+alone is open), and an unsafe request whose Origin or Referer names another site gets 403.
+Whatever a handler raises unexpectedly is logged here and answered as a JSON 500 (`/api/*`)
+or a plain error page, never with a traceback.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 import warnings
 
 from aiohttp import web
-from aiohttp.typedefs import Handler
+from aiohttp.typedefs import Handler, Middleware
 from aiohttp_session import AbstractStorage, session_middleware
 
 from ..typedefs import ACCOUNT, HOSTS, SETTINGS
@@ -22,16 +25,32 @@ from .pages import PAGES
 # aiohttp-session keeps its request state under string keys; that is its business, not ours.
 warnings.filterwarnings("ignore", category=web.NotAppKeyWarning, module="aiohttp_session")
 
+log = logging.getLogger(__name__)
+
 PUBLIC = frozenset({("POST", "/api/login")})
 UNSAFE = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
-def admin_gate(storage: AbstractStorage) -> web.middleware:
+def admin_gate(storage: AbstractStorage) -> Middleware:
     sessions = session_middleware(storage)
 
     @web.middleware
     async def gate(request: web.Request, handler: Handler) -> web.StreamResponse:
-        return await sessions(request, functools.partial(_guard, handler=handler))
+        if request.path.startswith("/v1/"):
+            return await handler(request)
+        try:
+            return await sessions(request, functools.partial(_guard, handler=handler))
+        except web.HTTPException:  # redirects and the router's 404/405 are answers, not failures
+            raise
+        except Exception:
+            log.exception("admin %s %s failed", request.method, request.path)
+            if request.path.startswith("/api/"):
+                return _error(500, "internal error: see the server log (内部错误，请查看服务日志)")
+            return web.Response(
+                status=500,
+                text="silicon-pool: internal error, see the server log (内部错误，请查看服务日志)",
+                headers=_page_headers(""),
+            )
 
     return gate
 
