@@ -246,7 +246,8 @@ class _Connection(asyncio.Protocol):
         self.requests += 1
         mine = self.requests
         self.client.busy.add(self)
-        waiter = self.head_waiter = self.loop.create_future()
+        waiter: asyncio.Future[Answer] = self.loop.create_future()
+        self.head_waiter = waiter
         try:
             transport.write(message)
             return await waiter

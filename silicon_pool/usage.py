@@ -9,7 +9,7 @@ object once, when the stream ends.
 from __future__ import annotations
 
 import re
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -27,7 +27,7 @@ _COLON_BRACE = re.compile(rb"[ \t\r\n]*:[ \t\r\n]*\{")  # what follows a key who
 _FLAT_OBJECT = re.compile(rb"[ \t\r\n]*:[ \t\r\n]*(\{[^{}]*\})")  # ...when that object holds no other
 
 
-def _object_after(body: bytes | bytearray, name: bytes) -> dict | None:
+def _object_after(body: bytes | bytearray, name: bytes) -> dict[str, Any] | None:
     """The JSON object that is the value of the last `"name":` in `body`, if there is one."""
     pos = len(body)
     while (pos := body.rfind(name, 0, pos)) >= 0:

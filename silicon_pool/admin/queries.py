@@ -29,7 +29,8 @@ class LogFilter:
     until: float | None = None
 
     def where(self) -> tuple[str, list[Any]]:
-        clauses, args = [], []
+        clauses: list[str] = []
+        args: list[str | float] = []
         if self.model:
             clauses.append("model = ?")
             args.append(self.model)
@@ -49,7 +50,7 @@ class LogFilter:
         return (" WHERE " + " AND ".join(clauses)) if clauses else "", args
 
 
-def log_page(conn: sqlite3.Connection, where: LogFilter, offset: int, limit: int) -> tuple[list[tuple], int]:
+def log_page(conn: sqlite3.Connection, where: LogFilter, offset: int, limit: int) -> tuple[list[tuple[Any, ...]], int]:
     sql, args = where.where()
     rows = conn.execute(
         f"SELECT {LOG_COLUMNS} FROM calls{sql} ORDER BY ts DESC, id DESC LIMIT ? OFFSET ?", (*args, limit, offset)
@@ -116,7 +117,8 @@ def stats(conn: sqlite3.Connection, range_: str, day: date) -> dict[str, Any]:
         entry = per_model.setdefault(model or "(none)", {"calls": 0, "total_tokens": 0})
         entry["calls"] += calls
         entry["total_tokens"] += total
-    models = sorted(({"model": m, **v} for m, v in per_model.items()), key=lambda e: -e["total_tokens"])
+    ranked = sorted(per_model.items(), key=lambda item: -item[1]["total_tokens"])
+    models = [{"model": m, **v} for m, v in ranked]
     return {"range": range_, "date": day.isoformat(), "buckets": buckets, "models": models}
 
 
