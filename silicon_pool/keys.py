@@ -49,8 +49,6 @@ class Key:
 
     # Bookkeeping of other modules, kept on the key so each of their steps stays O(1).
     tier: int | None = field(default=None, init=False)  # pool: the tier whose index holds it, if any
-    index_slot: int = field(default=0, init=False)  # selection: its place in a Ring
-    index_score: float = field(default=0.0, init=False)  # selection: the score it is filed under
     save_queued: bool = field(default=False, init=False)  # store: waiting for the next batch
 
     def __post_init__(self) -> None:

@@ -2,8 +2,9 @@
 
 Only the active strategy's index is kept (one per tier); switching strategy rebuilds it once,
 so memory stays flat with 100,000 keys and the request path never scans the pool.
-Indexes keep their bookkeeping on the key itself (`index_slot`, `index_score`), which is safe because a
-key sits in at most one index at a time.
+Each index keeps its own bookkeeping (a key's slot, score or level, in dicts keyed by the key),
+so one key can sit in several indexes at once: the pool's per-tier index and the per-model views
+that leave out keys resting for one model (pool.py).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import heapq
 import math
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
@@ -27,6 +28,8 @@ class Index(Protocol):
         ...
 
     def __len__(self) -> int: ...
+    def __contains__(self, key: Key) -> bool: ...
+    def __iter__(self) -> Iterator[Key]: ...
     def add(self, key: Key) -> None: ...
     def discard(self, key: Key) -> None: ...
     def pick(self) -> Key | None: ...
@@ -36,25 +39,33 @@ class Index(Protocol):
 class Ring:
     """Keys in a list: O(1) add and remove (swap with the last), and a cursor so equals take turns."""
 
-    __slots__ = ("cursor", "items")
+    __slots__ = ("cursor", "items", "slot")
 
     def __init__(self) -> None:
         self.items: list[Key] = []
+        self.slot: dict[Key, int] = {}  # each key's place in `items`
         self.cursor = 0
 
     def __len__(self) -> int:
         return len(self.items)
 
+    def __contains__(self, key: Key) -> bool:
+        return key in self.slot
+
+    def __iter__(self) -> Iterator[Key]:
+        return iter(self.items)
+
     def add(self, key: Key) -> None:
-        key.index_slot = len(self.items)
+        self.slot[key] = len(self.items)
         self.items.append(key)
 
     def remove(self, key: Key) -> None:
         items = self.items
+        i = self.slot.pop(key)
         last = items.pop()
         if last is not key:
-            items[key.index_slot] = last
-            last.index_slot = key.index_slot
+            items[i] = last
+            self.slot[last] = i
 
     def next(self) -> Key:
         items = self.items
@@ -96,22 +107,27 @@ class BucketIndex:
     never grows without bound, even for `most_used` whose top score climbs forever.
     """
 
-    __slots__ = ("_buckets", "_heap", "_score_of", "_sign", "_size", "tracks")
+    __slots__ = ("_buckets", "_heap", "_score", "_score_of", "_sign", "tracks")
 
     def __init__(self, score_of: Callable[[Key], float], *, highest: bool, tracks: str | None) -> None:
         self._score_of = score_of
         self._sign = -1 if highest else 1
         self._buckets: dict[float, Ring] = {}
         self._heap: list[float] = []
-        self._size = 0
+        self._score: dict[Key, float] = {}  # the score each key is filed under
         self.tracks = tracks
 
     def __len__(self) -> int:
-        return self._size
+        return len(self._score)
+
+    def __contains__(self, key: Key) -> bool:
+        return key in self._score
+
+    def __iter__(self) -> Iterator[Key]:
+        return iter(self._score)
 
     def add(self, key: Key) -> None:
-        score = self._sign * self._score_of(key)
-        key.index_score = score
+        score = self._score[key] = self._sign * self._score_of(key)
         ring = self._buckets.get(score)
         if ring is None:
             ring = self._buckets[score] = Ring()
@@ -121,14 +137,13 @@ class BucketIndex:
             else:
                 heapq.heappush(self._heap, score)
         ring.add(key)
-        self._size += 1
 
     def discard(self, key: Key) -> None:
-        ring = self._buckets[key.index_score]
+        score = self._score.pop(key)
+        ring = self._buckets[score]
         ring.remove(key)
         if not ring.items:
-            del self._buckets[key.index_score]
-        self._size -= 1
+            del self._buckets[score]
 
     def pick(self) -> Key | None:
         heap, buckets = self._heap, self._buckets
@@ -140,7 +155,7 @@ class BucketIndex:
         return None
 
     def rescore(self, key: Key) -> None:
-        if self._sign * self._score_of(key) != key.index_score:
+        if self._sign * self._score_of(key) != self._score[key]:
             self.discard(key)
             self.add(key)
 
@@ -149,27 +164,31 @@ class InflightIndex:
     """`least_inflight`: keys grouped by requests in flight, in a list indexed by that count.
 
     The count only moves by one as a request starts or ends, so picking, acquiring and releasing
-    are O(1) list steps: the busiest strategy pays no heap or hashing on the request path.
+    are O(1) list and dict steps: the busiest strategy pays no heap on the request path.
     """
 
-    __slots__ = ("_levels", "_low", "_size")
+    __slots__ = ("_level", "_levels", "_low")
     tracks = "inflight"
 
     def __init__(self) -> None:
         self._levels: list[Ring] = []
+        self._level: dict[Key, int] = {}  # the level each key is filed at
         self._low = 0  # no key sits below this level
-        self._size = 0
 
     def __len__(self) -> int:
-        return self._size
+        return len(self._level)
+
+    def __contains__(self, key: Key) -> bool:
+        return key in self._level
+
+    def __iter__(self) -> Iterator[Key]:
+        return iter(self._level)
 
     def add(self, key: Key) -> None:
         self._put(key)
-        self._size += 1
 
     def discard(self, key: Key) -> None:
-        self._levels[int(key.index_score)].remove(key)
-        self._size -= 1
+        self._levels[self._level.pop(key)].remove(key)
 
     def pick(self) -> Key | None:
         levels, low = self._levels, self._low
@@ -184,12 +203,13 @@ class InflightIndex:
 
     def rescore(self, key: Key) -> None:
         """Move `key` to the level of its current count (twice per request: no discard/add pair)."""
-        if key.inflight != key.index_score:
-            self._levels[int(key.index_score)].remove(key)
+        level = self._level[key]
+        if key.inflight != level:
+            self._levels[level].remove(key)
             self._put(key)
 
     def _put(self, key: Key) -> None:
-        level = key.index_score = key.inflight
+        level = self._level[key] = key.inflight
         levels = self._levels
         while len(levels) <= level:
             levels.append(Ring())
