@@ -80,10 +80,19 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
         settings = Settings(await store.load_settings(), persist=store.save_settings)
         if config.upstream is not None and config.upstream != settings.upstream:
             await settings.update({"upstream": config.upstream})
-        pool = KeyPool(settings.strategy, on_change=store.save_key)
+        pool = KeyPool(settings.strategy, on_change=store.save_key, on_rest=store.save_rest)
+        pool.max_inflight = settings.max_inflight_per_key
         pool.add_many(await store.load_keys())
+        pool.restore(await store.load_rests())
         _tune_gc()
-        settings.subscribe(lambda changed: pool.set_strategy(settings.strategy) if "strategy" in changed else None)
+
+        def follow(changed: set[str]) -> None:
+            if "strategy" in changed:
+                pool.set_strategy(settings.strategy)
+            if "max_inflight_per_key" in changed:
+                pool.set_max_inflight(settings.max_inflight_per_key)
+
+        settings.subscribe(follow)
         app[STORE], app[SETTINGS], app[POOL] = store, settings, pool
         app[ACCOUNT] = await load_account(store)
         if app[ACCOUNT].is_default and not _is_loopback(config.host):

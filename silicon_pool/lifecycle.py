@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
@@ -121,7 +122,7 @@ class KeyLifecycle:
         if self.pool.keys.get(key.id) is not key:  # deleted while it was being checked
             return
         if result.verdict is Verdict.VALID:
-            key.account_id = result.account_id or key.account_id
+            self.pool.set_account(key, result.account_id or key.account_id)
             key.last_error = None
             balance = result.balance if result.balance is not None else key.balance
             self.pool.set_balance(key, balance, ACTIVE)
@@ -159,9 +160,12 @@ class KeyLifecycle:
 
     async def delete(self, ids: Iterable[int]) -> int:
         """Out of the pool first (no new request picks it), then out of the database."""
-        removed = [key.id for key_id in ids if (key := self.pool.remove(key_id)) is not None]
+        removed = [(key.id,) for key_id in ids if (key := self.pool.remove(key_id)) is not None]
+
+        def delete(conn: sqlite3.Connection) -> None:
+            conn.executemany("DELETE FROM keys WHERE id = ?", removed)
+            conn.executemany("DELETE FROM rests WHERE scope = 'key' AND owner = CAST(? AS TEXT)", removed)
+
         if removed:
-            await self.store.write(
-                lambda conn: conn.executemany("DELETE FROM keys WHERE id = ?", [(i,) for i in removed])
-            )
+            await self.store.write(delete)
         return len(removed)

@@ -1,13 +1,23 @@
-"""The key pool: every key in memory, and the strategy index that picks the next one.
+"""The key pool: every key in memory, the strategy index that picks the next one, and the
+per-model views that leave out the keys resting for one model.
 
 Keys fall in two tiers: PAID (balance > 0 or unknown) serves normal requests, FREE (balance
-<= 0) serves free models. A key that is disabled, invalid or cooling down sits in no index,
-so a pick never has to skip it. Every change to a stored field is reported through
-`on_change`, which hands the key to the background writer: the pool itself never does I/O.
+<= 0) serves free models. A key that is disabled, invalid, cooling down (a network failure
+rests the whole key) or at its concurrency cap sits in no index, so a pick never skips it.
+
+Rate limits belong to an account and a model (limits.py). A rest keeps one (key, model) pair,
+or every key of one account for one model, out of that model's picks only. The first rest for
+a model opens a view of it: per tier, an index of the same strategy holding the tier's keys
+minus those resting for the model. Picks for that model use the view, every other model the
+tier's own index, so no pick walks past resting keys however many rest, and a view closes
+when its model's last rest ends. Every change to a stored field is reported through
+`on_change`, and every new rest through `on_rest`, for the background writer: the pool
+itself never does I/O.
 """
 
 from __future__ import annotations
 
+import asyncio
 import heapq
 import math
 import time
@@ -18,31 +28,88 @@ from .keys import ACTIVE, INVALID, Key
 from .selection import STRATEGIES, Index, make_index
 
 PAID, FREE = 0, 1
+ACCOUNT, KEY = "account", "key"
+
+Owner = tuple[str, int | str]  # (ACCOUNT, account id) or (KEY, key id): who a rest holds back
+Tiers = tuple[Index, Index]
+
+
+@dataclass(slots=True)
+class Rest:
+    """One owner resting for one model until a wall-clock time, and why (a limit kind, limits.py)."""
+
+    model: str
+    owner: Owner
+    kind: str
+    until: float
+
+    @property
+    def scope(self) -> str:
+        return self.owner[0]
+
+
+@dataclass(slots=True)
+class _ModelRests:
+    """The rests for one model: by owner, and a heap of their ends (stale entries skipped lazily)."""
+
+    by_owner: dict[Owner, Rest]
+    ends: list[tuple[float, Owner]]
+
+    def earliest(self) -> Rest | None:
+        while self.ends:
+            until, owner = self.ends[0]
+            rest = self.by_owner.get(owner)
+            if rest is not None and rest.until == until:
+                return rest
+            heapq.heappop(self.ends)
+        return None
 
 
 def _tier_of(key: Key) -> int:
     return FREE if key.balance is not None and key.balance <= 0 else PAID
 
 
+def owner_of(key: Key) -> Owner:
+    """Whose budget a key spends: its account's where known, else its own (every key its own account)."""
+    return (ACCOUNT, key.account_id) if key.account_id else (KEY, key.id)
+
+
 @dataclass(frozen=True, slots=True)
 class Unavailable:
-    """Why no key could be picked, for the 503 the client gets."""
+    """Why no key could be picked, for the answer the client gets."""
 
     message: str
     retry_after: int | None
+    status: int = 503
+    rest: Rest | None = None  # set when every key that could serve rests for the model
 
 
 class KeyPool:
-    """Keys by id plus one index per tier for the active strategy."""
+    """Keys by id plus one index per tier for the active strategy, and a view per rested model."""
 
-    def __init__(self, strategy: str, on_change: Callable[[Key], None] = lambda _key: None) -> None:
+    def __init__(
+        self,
+        strategy: str,
+        on_change: Callable[[Key], None] = lambda _key: None,
+        *,
+        on_rest: Callable[[Rest], None] = lambda _rest: None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.keys: dict[int, Key] = {}
         self.by_secret: dict[str, Key] = {}
+        self.by_account: dict[str, set[Key]] = {}
         self.strategy = strategy
-        self._indexes: tuple[Index, Index] = (make_index(strategy), make_index(strategy))
-        # Per tier, (cool_until, id) of keys resting; entries of keys since changed are skipped lazily.
+        self.max_inflight = 0  # per key; 0 = no cap
+        self.clock = clock  # wall clock of rests (tests move it)
+        self._indexes: Tiers = (make_index(strategy), make_index(strategy))
+        self._views: dict[str, Tiers] = {}
+        self._rests: dict[str, _ModelRests] = {}
+        self._rest_ends: list[tuple[float, str, Owner]] = []  # every rest's end, stale entries skipped
+        # Per tier, (cool_until, id) of keys resting whole; entries of keys since changed are skipped lazily.
         self._cooling: tuple[list[tuple[float, int]], list[tuple[float, int]]] = ([], [])
-        self._on_change = on_change
+        self._capped: set[Key] = set()  # keys out of every index only because they are at their cap
+        self._back: asyncio.Event | None = None  # set when a key may have come back, while someone waits
+        self._on_change, self._on_rest = on_change, on_rest
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -55,6 +122,8 @@ class KeyPool:
     def add(self, key: Key) -> None:
         self.keys[key.id] = key
         self.by_secret[key.secret] = key
+        if key.account_id:
+            self.by_account.setdefault(key.account_id, set()).add(key)
         self._place(key)
 
     def add_many(self, keys: Iterable[Key]) -> None:
@@ -66,50 +135,94 @@ class KeyPool:
         if key is None:
             return None
         del self.by_secret[key.secret]
-        if key.tier is not None:
-            self._indexes[key.tier].discard(key)
-            key.tier = None
+        self._leave_account(key)
+        self._place(key)  # out of every index
+        for model in list(self._rests):
+            if (KEY, key.id) in self._rests[model].by_owner:
+                self._end_rest(self._rests[model].by_owner[(KEY, key.id)])
         return key
 
+    def set_account(self, key: Key, account_id: str | None) -> None:
+        """The account a balance check found; the key now shares that account's rests."""
+        if account_id == key.account_id:
+            return
+        self._leave_account(key)
+        key.account_id = account_id
+        if account_id:
+            self.by_account.setdefault(account_id, set()).add(key)
+        self._place(key)
+        self._on_change(key)
+
+    def _leave_account(self, key: Key) -> None:
+        siblings = self.by_account.get(key.account_id or "")
+        if siblings is not None:
+            siblings.discard(key)
+            if not siblings:
+                del self.by_account[key.account_id or ""]
+
     def set_strategy(self, strategy: str) -> None:
-        """Rebuild the indexes for `strategy`; the next pick uses it."""
+        """Rebuild the indexes (and the views) for `strategy`; the next pick uses it."""
         if strategy not in STRATEGIES:
             raise ValueError(f"unknown strategy {strategy!r}")
         self.strategy = strategy
         self._indexes = (make_index(strategy), make_index(strategy))
+        self._views = {}
         for key in self.keys.values():
             key.tier = None
             self._place(key)
+        for model in self._rests:
+            self._views[model] = self._open_view(model)
+
+    def set_max_inflight(self, cap: int) -> None:
+        self.max_inflight = cap
+        for key in self.keys.values():
+            self._place(key)
 
     def _place(self, key: Key) -> None:
-        """Put `key` in the index its state calls for (or in none, once it was removed from the pool).
+        """Put `key` in the indexes its state calls for (in none once it left the pool), views included.
 
         A resting key is (re)entered in its tier's cooling heap, so `revive` finds it whatever
         changed meanwhile; duplicate entries are harmless."""
         tier: int | None = None
+        capped = False
         if self.keys.get(key.id) is key:
             if key.cool_until > time.monotonic():
                 heapq.heappush(self._cooling[_tier_of(key)], (key.cool_until, key.id))
             elif key.enabled and key.state != INVALID:
-                tier = _tier_of(key)
-        if tier == key.tier:
-            if tier is not None:  # same tier, but the balance (say) may have moved it within the index
-                self._indexes[tier].rescore(key)
-            return
-        if key.tier is not None:
-            self._indexes[key.tier].discard(key)
-        key.tier = tier
-        if tier is not None:
-            self._indexes[tier].add(key)
+                capped = 0 < self.max_inflight <= key.inflight
+                tier = None if capped else _tier_of(key)
+        if capped:
+            self._capped.add(key)
+        elif self._capped:
+            self._capped.discard(key)
+        old = key.tier
+        if tier != old:
+            if old is not None:
+                self._indexes[old].discard(key)
+            key.tier = tier
+            if tier is not None:
+                self._indexes[tier].add(key)
+        elif tier is not None:  # same tier, but the balance (say) may have moved it within the index
+            self._indexes[tier].rescore(key)
+        for model, view in self._views.items():
+            if old is not None and key in view[old] and (tier != old or self.rests_for(key, model)):
+                view[old].discard(key)
+            if tier is not None:
+                here = view[tier]
+                if key in here:
+                    here.rescore(key)
+                elif not self.rests_for(key, model):
+                    here.add(key)
 
     # -- the request path ---------------------------------------------------------------------
 
-    def acquire(self, tiers: tuple[int, ...], exclude: tuple[int, ...] = ()) -> Key | None:
-        """Pick a key from the first tier that has one, skipping ids in `exclude`, and count its use."""
-        if self._cooling[PAID] or self._cooling[FREE]:
+    def acquire(self, tiers: tuple[int, ...], model: str = "", exclude: tuple[int, ...] = ()) -> Key | None:
+        """Pick a key for `model` from the first tier that has one, skipping ids in `exclude`; count its use."""
+        if self._cooling[PAID] or self._cooling[FREE] or self._rest_ends:
             self.revive()
+        indexes = self._views.get(model, self._indexes) if self._views else self._indexes
         for tier in tiers:
-            index = self._indexes[tier]
+            index = indexes[tier]
             key = index.pick()
             if key is not None and key.id in exclude:
                 key = self._pick_excluding(index, exclude)
@@ -117,8 +230,10 @@ class KeyPool:
                 key.inflight += 1
                 key.usage_count += 1
                 key.last_used_at = time.time()
-                if index.tracks is not None:
-                    index.rescore(key)
+                if self.max_inflight and key.inflight >= self.max_inflight:
+                    self._place(key)  # at its cap: out of every index until a request on it ends
+                elif index.tracks is not None:
+                    self._rescore(key)
                 self._on_change(key)
                 return key
         return None
@@ -126,8 +241,21 @@ class KeyPool:
     def release(self, key: Key) -> None:
         """The request on `key` is over."""
         key.inflight -= 1
-        if key.tier is not None and self._indexes[key.tier].tracks == "inflight":
-            self._indexes[key.tier].rescore(key)
+        if self.max_inflight and key.inflight == self.max_inflight - 1:
+            self._place(key)
+            self._wake()
+        elif key.tier is not None and self._indexes[key.tier].tracks == "inflight":
+            self._rescore(key)
+
+    def _rescore(self, key: Key) -> None:
+        """A tracked counter moved: re-rank `key` in its tier's index and in every view holding it."""
+        tier = key.tier
+        if tier is None:
+            return
+        self._indexes[tier].rescore(key)
+        for view in self._views.values():
+            if key in view[tier]:
+                view[tier].rescore(key)
 
     @staticmethod
     def _pick_excluding(index: Index, exclude: tuple[int, ...]) -> Key | None:
@@ -143,19 +271,174 @@ class KeyPool:
                 index.add(key)
 
     def revive(self) -> None:
-        """Put keys whose cooldown is over back in their index."""
+        """Put keys whose cooldown is over back in their index, and end the rests that are over."""
         now = time.monotonic()
+        revived = False
         for heap in self._cooling:
             while heap and heap[0][0] <= now:
                 _, key_id = heapq.heappop(heap)
                 key = self.keys.get(key_id)
                 if key is not None and key.cool_until <= now:
                     self._place(key)
+                    revived = True
+        ends, wall = self._rest_ends, self.clock()
+        while ends and ends[0][0] <= wall:
+            until, model, owner = heapq.heappop(ends)
+            rests = self._rests.get(model)
+            rest = rests.by_owner.get(owner) if rests is not None else None
+            if rest is not None and rest.until == until:
+                self._end_rest(rest)
+                revived = True
+        if revived:
+            self._wake()
 
     def usable(self) -> int:
-        """Keys that can be picked right now, in either tier."""
+        """Keys that can be picked right now for at least one model, in either tier."""
         self.revive()
         return len(self._indexes[PAID]) + len(self._indexes[FREE])
+
+    # -- rests for one model --------------------------------------------------------------------
+
+    def rests_for(self, key: Key, model: str) -> bool:
+        """Whether `key` rests for `model`, by itself or with its account."""
+        rests = self._rests.get(model)
+        if rests is None:
+            return False
+        by_owner = rests.by_owner
+        return (KEY, key.id) in by_owner or (key.account_id is not None and (ACCOUNT, key.account_id) in by_owner)
+
+    def rest(self, key: Key, model: str, kind: str, until: float, *, whole_account: bool = True) -> Rest:
+        """Keep `key` (and, with `whole_account`, its account's other keys) out of `model`'s picks until
+        `until`; a longer rest already in place stands."""
+        owner = owner_of(key) if whole_account else (KEY, key.id)
+        rests = self._rests.get(model)
+        if rests is None:
+            rests = self._rests[model] = _ModelRests({}, [])
+        current = rests.by_owner.get(owner)
+        if current is not None and current.until >= until:
+            return current
+        rest = rests.by_owner[owner] = Rest(model, owner, kind, until)
+        heapq.heappush(rests.ends, (until, owner))
+        heapq.heappush(self._rest_ends, (until, model, owner))
+        view = self._views.get(model)
+        if view is None:
+            self._views[model] = self._open_view(model)
+        else:
+            for held in self._owned(owner):
+                if held.tier is not None and held in view[held.tier]:
+                    view[held.tier].discard(held)
+        self._on_rest(rest)
+        return rest
+
+    def restore(self, rests: Iterable[Rest]) -> None:
+        """Rests stored before a restart; those already over are dropped."""
+        now = self.clock()
+        for rest in rests:
+            if rest.until > now:
+                rests_of = self._rests.setdefault(rest.model, _ModelRests({}, []))
+                rests_of.by_owner[rest.owner] = rest
+                heapq.heappush(rests_of.ends, (rest.until, rest.owner))
+                heapq.heappush(self._rest_ends, (rest.until, rest.model, rest.owner))
+        for model in self._rests:
+            self._views[model] = self._open_view(model)
+
+    def clear_rests(self, key_id: int | None = None, model: str | None = None) -> list[Rest]:
+        """End rests now: those of one key (its own and its account's), of one model, or all."""
+        key = self.keys.get(key_id) if key_id is not None else None
+        if key_id is not None and key is None:
+            return []
+        owners = {(KEY, key.id), owner_of(key)} if key is not None else None
+        ended = [
+            rest
+            for name, rests in list(self._rests.items())
+            if model is None or name == model
+            for rest in list(rests.by_owner.values())
+            if owners is None or rest.owner in owners
+        ]
+        for rest in ended:
+            self._end_rest(rest)
+        if ended:
+            self._wake()
+        return ended
+
+    def rests_of(self, key: Key) -> list[Rest]:
+        """The rests holding `key` back, its account's included."""
+        owners = {(KEY, key.id), owner_of(key)}
+        return [rest for rests in self._rests.values() for owner, rest in rests.by_owner.items() if owner in owners]
+
+    def rested_models(self) -> dict[str, tuple[int, Rest]]:
+        """Per model with rests: how many keys rest for it, and the rest that ends last."""
+        summary = {}
+        for model, rests in self._rests.items():
+            held = sum(len(self._owned_ids(owner)) for owner in rests.by_owner)
+            summary[model] = (held, max(rests.by_owner.values(), key=lambda r: r.until))
+        return summary
+
+    def _owned(self, owner: Owner) -> Iterable[Key]:
+        scope, who = owner
+        if scope == ACCOUNT:
+            return self.by_account.get(str(who), ())
+        key = self.keys.get(who) if isinstance(who, int) else None
+        return () if key is None else (key,)
+
+    def _owned_ids(self, owner: Owner) -> set[int]:
+        return {k.id for k in self._owned(owner)}
+
+    def _open_view(self, model: str) -> Tiers:
+        """`model`'s view: per tier, the tier's keys that do not rest for it (one pass, at its first rest)."""
+        view = (make_index(self.strategy), make_index(self.strategy))
+        for tier, index in enumerate(self._indexes):
+            for key in index:
+                if not self.rests_for(key, model):
+                    view[tier].add(key)
+        return view
+
+    def _end_rest(self, rest: Rest) -> None:
+        rests = self._rests[rest.model]
+        del rests.by_owner[rest.owner]
+        if not rests.by_owner:  # the model's last rest: its view closes, picks go back to the tier indexes
+            del self._rests[rest.model]
+            del self._views[rest.model]
+            return
+        view = self._views[rest.model]
+        for key in self._owned(rest.owner):
+            if key.tier is not None and key not in view[key.tier] and not self.rests_for(key, rest.model):
+                view[key.tier].add(key)
+
+    # -- waiting for a key ------------------------------------------------------------------------
+
+    def next_chance(self, tiers: tuple[int, ...], model: str) -> float | None:
+        """Seconds until a key may come back for `model` (a rest or a cooldown ends, or a capped key
+        finishes a request), or None when nothing pending would bring one."""
+        waits: list[float] = []
+        rests = self._rests.get(model)
+        earliest = rests.earliest() if rests is not None else None
+        if earliest is not None:
+            waits.append(earliest.until - self.clock())
+        cools = [until for tier in tiers if (until := self._next_cool_end(tier)) is not None]
+        if cools:
+            waits.append(min(cools) - time.monotonic())
+        if self._capped:
+            waits.append(1.0)  # woken early by the release
+        return max(0.0, min(waits)) if waits else None
+
+    async def wait_for_change(self, seconds: float) -> None:
+        """Sleep up to `seconds`, woken early when a key comes back (a rest ends, a capped key frees)."""
+        if self._back is None:
+            self._back = asyncio.Event()
+        back = self._back
+        try:
+            async with asyncio.timeout(seconds):
+                await back.wait()
+        except TimeoutError:
+            pass
+        finally:
+            if back.is_set():
+                self._back = None
+
+    def _wake(self) -> None:
+        if self._back is not None:
+            self._back.set()
 
     # -- what upstream answers do to a key -----------------------------------------------------
 
@@ -190,8 +473,17 @@ class KeyPool:
         self._place(key)
         self._on_change(key)
 
+    def account_out_of_balance(self, key: Key, error: str) -> list[Key]:
+        """A 30001: balance belongs to the account, so every key of it known here goes to the free tier."""
+        keys = {key, *self.by_account.get(key.account_id or "", ())}
+        for each in keys:
+            if each.balance is None or each.balance > 0:
+                each.last_error = error
+                self.set_balance(each, 0.0, each.state)
+        return list(keys)
+
     def cool(self, key: Key, seconds: float, error: str) -> None:
-        """Rest `key` for `seconds`: rate limited, overloaded or unreachable."""
+        """Rest the whole key for `seconds`: the network to it failed, or it refuses everything."""
         key.last_error = error
         if seconds > 0:
             key.cool_until = time.monotonic() + seconds
@@ -209,17 +501,30 @@ class KeyPool:
 
     # -- explaining an empty pick ---------------------------------------------------------------
 
-    def unavailable(self, tiers: tuple[int, ...]) -> Unavailable:
-        """Why `acquire(tiers)` found nothing (the earliest cooldown gives Retry-After)."""
+    def unavailable(self, tiers: tuple[int, ...], model: str = "") -> Unavailable:
+        """Why `acquire(tiers, model)` found nothing (the earliest end of a wait gives Retry-After)."""
         if not self.keys:
             return Unavailable("No API keys in the pool: import some in the admin (池中没有 Key，请先导入)", None)
         self.revive()
+        rests, view = self._rests.get(model), self._views.get(model)
+        resting = view is not None and not any(len(view[t]) for t in tiers)
+        if rests is not None and resting and any(len(self._indexes[t]) for t in tiers):
+            earliest = rests.earliest()  # every key that could serve rests for the model
+            if earliest is not None:
+                wait = max(1, math.ceil(earliest.until - self.clock()))
+                return Unavailable("", wait, 429, earliest)  # the proxy words it (it knows the zone)
         waits = [until for tier in tiers if (until := self._next_cool_end(tier)) is not None]
         if waits:
             wait = max(1, math.ceil(min(waits) - time.monotonic()))
             return Unavailable(
                 f"All usable keys are cooling down after upstream errors; retry in {wait}s (所有可用 Key 正在冷却)",
                 wait,
+            )
+        if self._capped:
+            return Unavailable(
+                f"Every key is serving max_inflight_per_key={self.max_inflight} requests; retry shortly "
+                "(所有 Key 都已达到并发上限)",
+                1,
             )
         if tiers == (FREE,):
             return Unavailable("No zero-balance key is available for the free token (没有可用的免费 Key)", None)

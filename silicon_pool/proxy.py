@@ -9,10 +9,13 @@ SSE error event and `data: [DONE]`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import logging
+import math
+import random
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import orjson
@@ -21,7 +24,19 @@ from aiohttp import web
 from .hosts import HostCheck
 from .http1 import Answer, Http1Client, Target, UpstreamError, target
 from .keys import UNCHECKED, Key
-from .pool import FREE, PAID, KeyPool
+from .limits import (
+    BUSY,
+    GATEWAY_TIMEOUT,
+    JITTER,
+    KINDS,
+    RATE_LIMITED,
+    REASONS,
+    clock_time,
+    limit_kind,
+    rest_until,
+    retry_after,
+)
+from .pool import FREE, PAID, KeyPool, Rest
 from .settings import Settings
 from .store import CallRecord, Store
 from .upstream import DROP_FROM_CLIENT, DROP_FROM_UPSTREAM, Outcome, classify, describe, describe_exception
@@ -58,6 +73,7 @@ OTHER = Endpoint(False, token_usage)
 UNKNOWN_HOST = "Unknown Host name: use an IP address or localhost, or start silicon-pool with --allowed-host NAME"
 ONLY_PAID, ONLY_FREE, FREE_FIRST = (PAID,), (FREE,), (FREE, PAID)
 MB = 1024 * 1024
+WAKE_MARGIN = 0.005  # seconds past a rest's end before a waiter looks again
 MAX_CACHED_TARGETS = 256  # upstream targets kept per path; odd paths (ids, queries) beyond that are parsed each time
 
 
@@ -112,7 +128,7 @@ async def _continue(request: web.BaseRequest) -> None:
 class _Call:
     """One request's facts, gathered as it goes and logged once at the end."""
 
-    __slots__ = ("caller", "key", "logged", "model", "path", "started", "stream", "tried")
+    __slots__ = ("caller", "key", "limited", "logged", "model", "path", "started", "stream", "tried")
 
     def __init__(self, path: str, started: float) -> None:
         self.path, self.started = path, started
@@ -121,7 +137,32 @@ class _Call:
         self.stream = False
         self.tried: tuple[int, ...] = ()
         self.key: Key | None = None  # the key of the attempt under way
+        self.limited: list[Rest] = []  # the rate limits its attempts met
         self.logged = False
+
+
+def _header(answer: Answer, name: str) -> str | None:
+    """One header of the upstream's answer (`name` in lower case)."""
+    return next((v for k, v in answer.headers if k.lower() == name), None)
+
+
+class _Turns:
+    """Per model, one waiter at a time, in arrival order (asyncio.Lock is fair); idle locks are dropped."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[asyncio.Lock, list[int]]] = {}
+
+    @contextlib.asynccontextmanager
+    async def take(self, model: str) -> AsyncIterator[None]:
+        lock, users = self._locks.setdefault(model, (asyncio.Lock(), [0]))
+        users[0] += 1
+        try:
+            async with lock:
+                yield
+        finally:
+            users[0] -= 1
+            if not users[0]:
+                del self._locks[model]
 
 
 class BadAnswer(Exception):
@@ -143,6 +184,7 @@ class Proxy:
         self.pool, self.settings, self.store, self.client, self.hosts = pool, settings, store, client, hosts
         self._targets: dict[str, Target] = {}
         self._targets_base = settings.upstream
+        self._turns = _Turns()
 
     def _target(self, path_qs: str) -> Target:
         """Where a `/v1/...` path goes upstream; the few paths clients use are parsed once per upstream."""
@@ -294,10 +336,16 @@ class Proxy:
         headers = {k: v for k, v in request.headers.items() if k.lower() not in DROP_FROM_CLIENT}
         where = self._target(request.rel_url.raw_path_qs)
         settings, pool = self.settings, self.pool
+        model = call.model or ""
         failures: list[str] = []
         cooled = False
+        deadline: float | None = None
         while len(call.tried) < settings.max_attempts:
-            key = pool.acquire(tiers, call.tried)
+            key = pool.acquire(tiers, model, call.tried)
+            if key is None and settings.wait_for_key_seconds > 0:
+                loop = asyncio.get_running_loop()
+                deadline = deadline or loop.time() + settings.wait_for_key_seconds
+                key = await self._wait_for_key(tiers, model, deadline)
             if key is None:
                 break
             call.tried += (key.id,)
@@ -333,7 +381,7 @@ class Proxy:
                         status=upstream.status, body=answer, headers=self._reply_headers(upstream, request)
                     )
                 failures.append(describe(upstream.status, answer))
-                cooled |= self._penalise(key, outcome, failures[-1])
+                cooled |= self._penalise(key, call, outcome, upstream, answer, failures[-1])
                 if zero_balance_refused:
                     # Zero-balance keys refuse even free models now: spend the other attempts on keys with balance.
                     tiers = tuple(t for t in tiers if t != FREE)
@@ -350,30 +398,107 @@ class Proxy:
         call.key = None
         return self._no_key(call, tiers, failures, cooled)
 
-    def _penalise(self, key: Key, outcome: Outcome, error: str) -> bool:
-        """Apply an upstream error to the key that earned it; True when the key now cools down."""
+    def _penalise(self, key: Key, call: _Call, outcome: Outcome, upstream: Answer, answer: bytes, error: str) -> bool:
+        """Apply an upstream error to the key (or the account) that earned it; True when it now rests."""
+        pool, model = self.pool, call.model or ""
         if outcome is Outcome.INVALID:
-            self.pool.mark_invalid(key, error)
+            pool.mark_invalid(key, error)
         elif outcome is Outcome.NO_BALANCE and key.tier != FREE:
-            self.pool.set_balance(key, 0.0, key.state)
-            self.pool.note_error(key, error)
+            pool.account_out_of_balance(key, error)
         elif outcome is Outcome.RETRY:
-            self.pool.note_error(key, error)
-        else:  # rate limited, overloaded, or a zero-balance key refused even a free model
-            self.pool.cool(key, self.settings.cooldown_seconds, error)
+            pool.note_error(key, error)
+        elif outcome is Outcome.RATE_LIMITED:  # the account's budget for this model: its other keys wait too
+            kind = limit_kind(answer) or RATE_LIMITED
+            call.limited.append(self._rest(key, model, kind, upstream, error, whole_account=True))
+            return True
+        elif outcome is Outcome.BUSY:  # this key's trouble with this model, not its account's
+            kind = BUSY if upstream.status == 503 else GATEWAY_TIMEOUT
+            self._rest(key, model, kind, upstream, error, whole_account=False)
+            return True
+        else:  # a zero-balance key refused even a free model: it can serve nothing now
+            pool.cool(key, self.settings.cooldown_seconds, error)
             return True
         return False
 
+    def _rest(self, key: Key, model: str, kind: str, upstream: Answer, error: str, *, whole_account: bool) -> Rest:
+        """Rest the pair for as long as `kind` says, or as the upstream's Retry-After asks."""
+        settings, pool = self.settings, self.pool
+        now = pool.clock()
+        asked = retry_after(_header(upstream, "retry-after"), now)
+        if asked is not None:
+            until = now + asked
+        else:
+            until = rest_until(
+                kind,
+                now,
+                day_zone=settings.day_zone,
+                cooldown=settings.cooldown_seconds,
+                jitter=random.random() * JITTER,
+            )
+        rest = pool.rest(key, model, kind, until, whole_account=whole_account)
+        pool.note_error(key, f"{error} [{kind}]" if kind in KINDS else error)
+        return rest
+
+    async def _wait_for_key(self, tiers: tuple[int, ...], model: str, deadline: float) -> Key | None:
+        """A key for `model` once one comes back before `deadline` (loop time), else None.
+
+        Waiters for one model take turns in arrival order; a client that leaves stops waiting."""
+        pool, loop = self.pool, asyncio.get_running_loop()
+        async with self._turns.take(model):
+            while True:
+                key = pool.acquire(tiers, model)
+                if key is not None:
+                    return key
+                chance, left = pool.next_chance(tiers, model), deadline - loop.time()
+                if chance is None or chance > left:
+                    return None
+                await pool.wait_for_change(min(chance + WAKE_MARGIN, left))
+
     def _no_key(self, call: _Call, tiers: tuple[int, ...], failures: list[str], cooled: bool) -> web.Response:
+        why = self.pool.unavailable(tiers, call.model or "")
+        retry_after = why.retry_after
+        if why.rest is not None:  # every key that could serve rests for this model
+            message = self._resting(call.model or "", why.rest)
+            call.limited.append(why.rest)
+            self._log(call, 429, None, error=message)
+            wait = {"Retry-After": str(max(1, retry_after or 1))}
+            return openai_error(429, message, "rate_limit_error", "rate_limit_exceeded", wait)
+        if failures and len(call.limited) == len(failures):  # every attempt met a rate limit
+            return self._limited(call)
         if failures:
             message = f"All {len(call.tried)} keys tried failed; last error: {failures[-1]} (所有尝试的 Key 均失败)"
             retry_after = round(self.settings.cooldown_seconds) if cooled else None
         else:
-            why = self.pool.unavailable(tiers)
-            message, retry_after = why.message, why.retry_after
+            message = why.message
         self._log(call, 503, None, error=message)
         headers = {"Retry-After": str(max(1, retry_after))} if retry_after is not None else None
         return openai_error(503, message, "service_unavailable", "no_key_available", headers)
+
+    def _limited(self, call: _Call) -> web.Response:
+        """429: each key tried met a rate limit for this model (others may still be free for the next request)."""
+        shown, kinds = call.model or "this endpoint", ", ".join(dict.fromkeys(r.kind for r in call.limited))
+        wait = max(1, math.ceil(min(r.until for r in call.limited) - self.pool.clock()))
+        message = (
+            f"All {len(call.tried)} keys tried are rate limited for {shown} ({kinds}); retry in {wait}s "
+            f"(尝试的 {len(call.tried)} 个 Key 对 {shown} 均已限流（{kinds}），请 {wait} 秒后重试)"
+        )
+        self._log(call, 429, None, error=message)
+        return openai_error(429, message, "rate_limit_error", "rate_limit_exceeded", {"Retry-After": str(wait)})
+
+    def _resting(self, model: str, rest: Rest) -> str:
+        """Why every key rests for `model`, in both languages: the limit and when the first comes back."""
+        shown = model or "this endpoint"
+        when = clock_time(rest.until, self.settings.day_zone)
+        reason = REASONS.get(rest.kind, REASONS[RATE_LIMITED])
+        if rest.kind in KINDS:
+            return (
+                f"The {reason.en} limit ({rest.kind}) of {shown} is reached on every key; the first comes back "
+                f"at {when} ({shown} 的{reason.zh}限额（{rest.kind}）在所有 Key 上均已用完，最早于 {when} 恢复)"
+            )
+        return (
+            f"Every key rests for {shown} after {reason.en}; the first comes back at {when} "
+            f"(所有 Key 因{reason.zh}暂停服务 {shown}，最早于 {when} 恢复)"
+        )
 
     # -- relaying a successful answer ---------------------------------------------------------
 
@@ -494,5 +619,6 @@ class Proxy:
                 call.stream,
                 call.caller,
                 error,
+                ",".join(dict.fromkeys(r.kind for r in call.limited)) if call.limited else None,
             )
         )

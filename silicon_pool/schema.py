@@ -48,7 +48,8 @@ CREATE TABLE calls (
     images INTEGER NOT NULL DEFAULT 0,
     stream INTEGER NOT NULL DEFAULT 0,
     caller TEXT NOT NULL,
-    error TEXT
+    error TEXT,
+    limits TEXT
 );
 CREATE INDEX calls_ts ON calls (ts);
 CREATE INDEX calls_model_ts ON calls (model, ts);
@@ -73,6 +74,14 @@ CREATE TABLE admin (
     is_default INTEGER NOT NULL,
     epoch TEXT NOT NULL
 );
+CREATE TABLE rests (
+    scope TEXT NOT NULL,  -- 'key' or 'account'
+    owner TEXT NOT NULL,  -- the key's id or the account's id
+    model TEXT NOT NULL,
+    kind TEXT NOT NULL,  -- the limit met (RPD...), limits.py
+    until REAL NOT NULL,  -- Unix time
+    PRIMARY KEY (scope, owner, model)
+) WITHOUT ROWID;
 """
 
 
@@ -89,10 +98,19 @@ class Migration(NamedTuple):
     run: Callable[[sqlite3.Connection], object]
 
 
+def _v2_rate_limits(conn: sqlite3.Connection) -> None:
+    conn.execute(
+        "CREATE TABLE rests (scope TEXT NOT NULL, owner TEXT NOT NULL, model TEXT NOT NULL, kind TEXT NOT NULL,"
+        " until REAL NOT NULL, PRIMARY KEY (scope, owner, model)) WITHOUT ROWID"
+    )
+    conn.execute("ALTER TABLE calls ADD COLUMN limits TEXT")
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     # Releases before schema versions (up to commit fa0878f) left user_version at 0 and wrote
     # exactly the schema that version 1 is: nothing to change, only the stamp.
     Migration("stamp the schema of releases before versions as version 1", lambda _conn: None),
+    Migration("rests that outlive a restart; the rate-limit kinds a call met", _v2_rate_limits),
 )
 VERSION = len(MIGRATIONS)
 

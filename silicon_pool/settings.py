@@ -13,7 +13,9 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import Awaitable, Callable, Mapping
+from datetime import UTC, timedelta, timezone, tzinfo
 from typing import Any, ClassVar, Generic, NamedTuple, Self, TypeVar, overload
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from .selection import STRATEGIES
 
@@ -37,6 +39,8 @@ DEFAULT_FREE_MODELS = (
     "netease-youdao/bce-reranker-base_v1",
     "Kwai-Kolors/Kolors",
 )
+
+DEFAULT_LIMIT_ZONE = "Asia/Shanghai"  # where SiliconFlow's daily limits are assumed to end (fact sheet)
 
 T = TypeVar("T")
 
@@ -208,6 +212,32 @@ class Url(Setting[str]):
         return {"paths": self.paths}
 
 
+class Zone(Setting[str]):
+    """An IANA time zone name, such as Asia/Shanghai."""
+
+    kind = "zone"
+
+    @staticmethod
+    def resolve(name: str) -> tzinfo:
+        """The zone itself (read from the tz database once, when the setting applies, never per request);
+        China's fixed UTC+8 for the default where no tz database is installed."""
+        try:
+            return ZoneInfo(name)
+        except (ZoneInfoNotFoundError, ValueError):
+            return timezone(timedelta(hours=8), "UTC+8") if name == DEFAULT_LIMIT_ZONE else UTC
+
+    def parse(self, value: Any) -> str:
+        if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z][A-Za-z0-9_+\-/]{0,63}", value.strip()):
+            raise ValueError("must be a time zone name such as Asia/Shanghai or UTC")
+        name = value.strip()
+        try:
+            ZoneInfo(name)
+        except (ZoneInfoNotFoundError, ValueError):
+            if name != DEFAULT_LIMIT_ZONE:  # known even where no tz database is installed (limits.zone)
+                raise ValueError(f"unknown time zone {name!r}") from None
+        return name
+
+
 class Settings:
     """Current values as attributes, plus listeners told what changed. One line per setting."""
 
@@ -246,6 +276,23 @@ class Settings:
         Words("出错 Key 冷却秒数", "Cooldown for a failing key (s)"),
         Words("限流、过载或连不上的 Key 休息多久", "How long a rate-limited, overloaded or unreachable key rests"),
     )
+    wait_for_key_seconds = Number(
+        0.0,
+        0,
+        600,
+        Words("等待 Key 恢复的秒数（0 为不等）", "Wait for a key to come back (s, 0 = never)"),
+        Words(
+            "某模型的 Key 全部限流时，若在此秒数内有 Key 恢复，请求排队等待而不是立即返回 429",
+            "When every key rests for a model, a request waits this long for one to come back instead of a 429",
+        ),
+    )
+    max_inflight_per_key = Integer(
+        0,
+        0,
+        100_000,
+        Words("每个 Key 的最大并发（0 为不限）", "Requests in flight per key (0 = no cap)"),
+        Words("达到上限的 Key 暂不分配，直到它有请求结束", "A key at its cap is not picked until a request on it ends"),
+    )
     connect_timeout = Number(
         10.0,
         1,
@@ -281,6 +328,14 @@ class Settings:
         Words("自动刷新余额间隔（分钟，0 为关闭）", "Refresh balances every (min, 0 = off)"),
         Words("定时刷新全部余额；0 表示不自动刷新", "Refresh every balance on a timer; 0 turns it off"),
     )
+    limit_zone = Zone(
+        DEFAULT_LIMIT_ZONE,
+        Words("每日限额的时区", "Time zone of daily limits"),
+        Words(
+            "按天的限额（RPD、TPD、IPD）在此时区的午夜恢复，默认北京时间",
+            "Daily limits (RPD, TPD, IPD) come back at midnight in this zone; Beijing time by default",
+        ),
+    )
     upstream = Url(
         DEFAULT_UPSTREAM,
         Words("上游地址（含 /v1）", "Upstream base URL (with /v1)"),
@@ -310,7 +365,12 @@ class Settings:
                     setattr(self, name, BY_NAME[name].parse(value))
                 except ValueError:
                     continue
+        self._derive()
+
+    def _derive(self) -> None:
+        """Values the request path needs in another form than the setting's own."""
         self.free_model_set = frozenset(self.free_models)
+        self.day_zone = Zone.resolve(self.limit_zone)
 
     def as_dict(self) -> dict[str, Any]:
         return {s.name: jsonable(getattr(self, s.name)) for s in SETTINGS}
@@ -349,7 +409,7 @@ class Settings:
         """Set already-validated values and tell the listeners."""
         for name, value in parsed.items():
             setattr(self, name, value)
-        self.free_model_set = frozenset(self.free_models)
+        self._derive()
         for listener in self._listeners:
             listener(set(parsed))
 

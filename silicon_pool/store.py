@@ -18,6 +18,7 @@ import os
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
@@ -26,6 +27,7 @@ import orjson
 
 from .crypto import Secrets
 from .keys import COLUMN_NAMES, STORED, UPDATED, Key, from_row
+from .pool import ACCOUNT, KEY, Rest
 from .schema import check_version, upgrade
 
 log = logging.getLogger(__name__)
@@ -53,6 +55,7 @@ class CallRecord(NamedTuple):
     stream: bool
     caller: str
     error: str | None
+    limits: str | None = None  # the rate-limit kinds the request met (limits.py), comma-separated
 
 
 # A whole batch in one statement, its rows passed as one JSON array: SQLite unpacks it in C, and
@@ -69,6 +72,11 @@ _UPDATE_KEYS = (
     + f" FROM json_each(?) AS batch WHERE keys.id = json_extract(batch.value, '$[{len(UPDATED)}]')"
 )
 _UPDATED_ROW = operator.attrgetter(*UPDATED, "id")
+_UPSERT_REST = (
+    "INSERT INTO rests (scope, owner, model, kind, until) VALUES (?, ?, ?, ?, ?)"
+    " ON CONFLICT (scope, owner, model) DO UPDATE SET kind = excluded.kind, until = excluded.until"
+)
+LONG_REST = 60.0  # seconds: rests ending later than this are stored (an hour's or a day's limit)
 _LOAD_KEYS = f"SELECT id, key_enc, {', '.join(COLUMN_NAMES)} FROM keys"
 _INSERT_KEY = (
     f"INSERT OR IGNORE INTO keys (key_hash, key_enc, {', '.join(COLUMN_NAMES)})"
@@ -95,10 +103,11 @@ class _Job(NamedTuple):
 
 
 class _Batch(NamedTuple):
-    """What the loop thread gathered over one FLUSH_SECONDS: changed keys and call-log rows."""
+    """What the loop thread gathered over one FLUSH_SECONDS: changed keys, call-log rows, long rests."""
 
     keys: list[Key]
     rows: list[CallRecord]
+    rests: list[Rest]
 
 
 _STOP = object()
@@ -129,6 +138,7 @@ class Store:
         # Not yet handed to the writer (loop thread only): call-log rows and changed keys.
         self._rows: list[CallRecord] = []
         self._keys: list[Key] = []
+        self._rests: list[Rest] = []
         self._due = False  # a hand-over is scheduled
         self._writer: threading.Thread | None = None
         self._readers = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="sqlite-read")
@@ -199,6 +209,13 @@ class Store:
         if not self._due:
             self._hand_over_soon()
 
+    def save_rest(self, rest: Rest) -> None:
+        """Persist a rest that ends more than LONG_REST from now with the next batch; shorter ones live in memory."""
+        if rest.until - time.time() > LONG_REST:
+            self._rests.append(rest)
+            if not self._due:
+                self._hand_over_soon()
+
     def _hand_over_soon(self) -> None:
         self._due = True
         asyncio.get_running_loop().call_later(FLUSH_SECONDS, self.hand_over)
@@ -206,9 +223,9 @@ class Store:
     def hand_over(self) -> None:
         """Queue the keys changed and the rows logged so far for the writer, and wake it."""
         self._due = False
-        if self._rows or self._keys:
-            batch = _Batch(self._keys, self._rows)
-            self._keys, self._rows = [], []
+        if self._rows or self._keys or self._rests:
+            batch = _Batch(self._keys, self._rows, self._rests)
+            self._keys, self._rows, self._rests = [], [], []
             self._queue.put(batch)
             self._wake.set()
 
@@ -256,6 +273,29 @@ class Store:
 
         return await self.write(insert)
 
+    async def load_rests(self) -> list[Rest]:
+        """The stored rests still running; those over are deleted, unreadable rows skipped."""
+
+        def load(conn: sqlite3.Connection) -> list[Rest]:
+            now = time.time()
+            conn.execute("DELETE FROM rests WHERE until <= ?", (now,))
+            rests = []
+            for scope, owner, model, kind, until in conn.execute("SELECT scope, owner, model, kind, until FROM rests"):
+                if scope == KEY and str(owner).isdigit():
+                    rests.append(Rest(str(model), (KEY, int(owner)), str(kind), float(until)))
+                elif scope == ACCOUNT and owner:
+                    rests.append(Rest(str(model), (ACCOUNT, str(owner)), str(kind), float(until)))
+            return rests
+
+        return await self.write(load)
+
+    async def delete_rests(self, rests: Iterable[Rest]) -> None:
+        rows = [(r.owner[0], str(r.owner[1]), r.model) for r in rests]
+        if rows:
+            await self.write(
+                lambda conn: conn.executemany("DELETE FROM rests WHERE scope = ? AND owner = ? AND model = ?", rows)
+            )
+
     async def save_settings(self, values: dict[str, Any]) -> None:
         rows = [(name, orjson.dumps(value).decode()) for name, value in values.items()]
         await self.write(
@@ -280,6 +320,7 @@ class Store:
             self._wake.clear()
             keys: dict[int, Key] = {}
             calls: list[CallRecord] = []
+            rests: list[Rest] = []
             while True:
                 try:
                     item = self._queue.get_nowait()
@@ -289,22 +330,25 @@ class Store:
                     for key in item.keys:
                         keys[key.id] = key
                     calls += item.rows
+                    rests += item.rests
                 else:  # a job or the stop sign
-                    self._flush(conn, keys, calls)
-                    keys, calls = {}, []
+                    self._flush(conn, keys, calls, rests)
+                    keys, calls, rests = {}, [], []
                     if item is _STOP:
                         running = False
                         break
                     self._run_job(conn, item)
-            self._flush(conn, keys, calls)
+            self._flush(conn, keys, calls, rests)
         conn.close()
 
     @staticmethod
-    def _flush(conn: sqlite3.Connection, keys: dict[int, Key], calls: list[CallRecord]) -> None:
-        if not keys and not calls:
+    def _flush(conn: sqlite3.Connection, keys: dict[int, Key], calls: list[CallRecord], rests: list[Rest]) -> None:
+        if not keys and not calls and not rests:
             return
         try:
             conn.execute("BEGIN IMMEDIATE")
+            if rests:
+                conn.executemany(_UPSERT_REST, [(r.owner[0], str(r.owner[1]), r.model, r.kind, r.until) for r in rests])
             if keys:
                 conn.execute(_UPDATE_KEYS, (orjson.dumps([_key_row(k) for k in keys.values()]),))
             if calls:

@@ -48,8 +48,9 @@ class Outcome(enum.Enum):
     """What an upstream error answer says about the key that got it."""
 
     INVALID = "invalid"  # 401: the key is dead; keep it, never pick it
-    NO_BALANCE = "no_balance"  # 402/403 code 30001: the key moves to the free tier
-    COOL = "cool"  # 429/503/504: nothing wrong with the key, rest it and try another
+    NO_BALANCE = "no_balance"  # 402/403 code 30001: the account's keys move to the free tier
+    RATE_LIMITED = "rate_limited"  # 429: the account's budget for the model is spent; rest the pair
+    BUSY = "busy"  # 503/504: nothing wrong with the key; rest it for the model and try another
     RETRY = "retry"  # 500/502: the upstream stumbled; try another key, blame none
     CLIENT = "client"  # the request itself is wrong: no key would help
 
@@ -69,8 +70,10 @@ def classify(status: int, body: bytes) -> Outcome:
         return Outcome.INVALID
     if status in (402, 403) and error_code(body) == 30001:
         return Outcome.NO_BALANCE
-    if status in (429, 503, 504):
-        return Outcome.COOL
+    if status == 429:
+        return Outcome.RATE_LIMITED
+    if status in (503, 504):
+        return Outcome.BUSY
     if status in (500, 502):
         return Outcome.RETRY
     return Outcome.CLIENT

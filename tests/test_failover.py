@@ -61,10 +61,24 @@ async def test_30001_moves_key_to_free_tier(proxy: Running, fake: FakeUpstream, 
     assert fake.requests[-1].key == bad
 
 
-@pytest.mark.parametrize("behavior", ["rate_limited", "overloaded", "gateway_timeout", "reset"])
-async def test_transient_errors_cool_the_key_and_move_on(proxy: Running, fake: FakeUpstream, behavior: str) -> None:
+@pytest.mark.parametrize(
+    ("behavior", "kind", "scope"),
+    [("rate_limited", "TPM", "key"), ("overloaded", "503", "key"), ("gateway_timeout", "504", "key")],
+)
+async def test_a_busy_or_limited_key_rests_for_that_model_only_and_the_request_moves_on(
+    proxy: Running, fake: FakeUpstream, behavior: str, kind: str, scope: str
+) -> None:
     bad_key, _ = await _bad_then_good(proxy, fake, behavior)
-    assert bad_key.status() == "cooling" and bad_key.state != INVALID
+    assert bad_key.status() == "active" and bad_key.state != INVALID  # it still serves other models
+    [rest] = proxy.pool.rests_of(bad_key)
+    assert (rest.model, rest.kind, rest.scope) == (CHAT, kind, scope)
+    assert proxy.pool.rests_for(bad_key, CHAT) and not proxy.pool.rests_for(bad_key, "Qwen/Qwen2.5-7B-Instruct")
+    assert bad_key.last_error
+
+
+async def test_a_broken_connection_cools_the_whole_key(proxy: Running, fake: FakeUpstream) -> None:
+    bad_key, _ = await _bad_then_good(proxy, fake, "reset")
+    assert bad_key.status() == "cooling" and proxy.pool.rests_of(bad_key) == []
     assert bad_key.last_error
 
 
@@ -165,15 +179,31 @@ async def test_all_cooling_is_503_with_retry_after(proxy: Running, fake: FakeUps
 async def test_every_key_failing_is_503_naming_the_error(proxy: Running, fake: FakeUpstream) -> None:
     keys = paid_keys(fake, 4)
     for secret in keys:
-        fake.set_behavior(secret, "rate_limited")
+        fake.set_behavior(secret, "overloaded")
     await proxy.add_keys(*((s, 10.0) for s in keys))
     error = await _expect_503(proxy)
-    assert "All 3 keys tried failed" in error.body["message"] and "rate limiting" in error.body["message"]
+    assert "All 3 keys tried failed" in error.body["message"] and "too busy" in error.body["message"]
     assert error.response.headers["retry-after"] == "30"
     assert len(fake.requests) == 3  # max_attempts
     assert len(proxy.pool.keys) == 4  # nothing lost
     [row] = await proxy.calls()
-    assert row["status"] == 503 and row["attempts"] == 3
+    assert row["status"] == 503 and row["attempts"] == 3 and row["limits"] is None
+
+
+async def test_every_key_tried_rate_limited_is_429_naming_the_kind(proxy: Running, fake: FakeUpstream) -> None:
+    keys = paid_keys(fake, 4)
+    for secret in keys:
+        fake.set_behavior(secret, "rate_limited")
+    await proxy.add_keys(*((s, 10.0) for s in keys))
+    with pytest.raises(openai.RateLimitError) as caught:
+        await proxy.openai().chat.completions.create(model=CHAT, messages=MESSAGES)
+    message = caught.value.body["message"]  # type: ignore[index]
+    assert "All 3 keys tried are rate limited" in message and "(TPM)" in message and CHAT in message
+    assert 1 <= int(caught.value.response.headers["retry-after"]) <= 62  # the next full minute
+    assert caught.value.body["type"] == "rate_limit_error"  # type: ignore[index]
+    assert len(fake.requests) == 3
+    [row] = await proxy.calls()
+    assert row["status"] == 429 and row["attempts"] == 3 and row["limits"] == "TPM"
 
 
 async def test_max_attempts_setting_is_honoured(proxy: Running, fake: FakeUpstream) -> None:

@@ -97,4 +97,4 @@ async def test_proxied_requests_touch_no_disk(proxy: Running, fake: FakeUpstream
     assert seen == []
     rows = await proxy.calls()  # and yet everything was stored, by the writer thread
     assert len(rows) == 18
-    assert bad.status() == "cooling"
+    assert proxy.pool.rests_for(bad, "deepseek-ai/DeepSeek-V3")

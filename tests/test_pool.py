@@ -157,10 +157,10 @@ def test_free_first_falls_back_to_paid() -> None:
 def test_exclusion_skips_tried_keys_and_leaves_the_index_whole(strategy: str) -> None:
     pool = make_pool(strategy, [1.0, 2.0, 3.0])
     for excluded in [(1,), (2,), (3,), (1, 2), (2, 3)]:
-        key = pool.acquire(BOTH, excluded)
+        key = pool.acquire(BOTH, exclude=excluded)
         assert key is not None and key.id not in excluded
         pool.release(key)
-    assert pool.acquire(BOTH, (1, 2, 3)) is None
+    assert pool.acquire(BOTH, exclude=(1, 2, 3)) is None
     assert pool.tier_size(PAID) == 3
 
 

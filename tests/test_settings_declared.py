@@ -40,7 +40,7 @@ def test_the_readme_table_lists_every_setting_with_its_default() -> None:
         default = rows[setting.name][0]
         if isinstance(setting, Integer | Number):
             assert default == f"`{setting.default:g}`", setting.name
-        elif (isinstance(setting, Url) and not setting.paths) or setting.kind == "choice":
+        elif (isinstance(setting, Url) and not setting.paths) or setting.kind in ("choice", "zone"):
             assert default == f"`{setting.default}`", setting.name
 
 

@@ -142,6 +142,7 @@ TEXT: dict[str, tuple[str, str]] = {
     "logs.col.latency": ("耗时", "Latency"),
     "logs.col.error": ("错误", "Error"),
     "logs.stream": ("流式", "stream"),
+    "logs.limited": ("限流", "limited"),
     "logs.empty": ("暂无日志", "No calls logged"),
     # stats
     "stats.day": ("按小时（当天）", "Per hour (day)"),
