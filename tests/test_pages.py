@@ -316,3 +316,32 @@ async def test_login_never_sends_the_browser_off_site(tab: Tab, next_param: str)
     await tab.page.click("button[type=submit]")
     await tab.page.wait_for_url(lambda url: not url.endswith("/login") and "/login?" not in url)
     assert tab.page.url.startswith(tab.base)
+
+
+async def test_rests_are_shown_and_cleared_on_the_keys_and_home_pages(
+    tab: Tab, proxy: Running, fake: FakeUpstream
+) -> None:
+    limited, spare = await proxy.add_keys(*((s, 5.0) for s in paid_keys(fake, 2)))
+    now = proxy.pool.clock()
+    proxy.pool.rest(limited, "deepseek-ai/DeepSeek-V3", "RPD", now + 7200)
+    proxy.pool.rest(limited, "Qwen/Qwen3-8B", "TPM", now + 40)
+    proxy.pool.rest(spare, "deepseek-ai/DeepSeek-V3", "RPM", now + 30)
+    await tab.login()
+    rows = tab.page.locator("#rests-table tbody tr")
+    await expect(rows).to_have_count(2)
+    await expect(rows.first).to_contain_text("deepseek-ai/DeepSeek-V3")
+    await expect(rows.first.locator("td.num")).to_have_text("2")
+    await tab.shot("home-rests")
+    await rows.nth(1).locator("button").click()  # clear Qwen/Qwen3-8B
+    await expect(rows).to_have_count(1)
+    assert [r.model for r in proxy.pool.rests_of(limited)] == ["deepseek-ai/DeepSeek-V3"]
+
+    await tab.goto("/keys")
+    limited_row = tab.page.locator(f'#keys-table tr[data-id="{limited.id}"]')
+    await expect(limited_row.locator(".rests li")).to_have_count(1)
+    await expect(limited_row.locator(".rests li")).to_contain_text("deepseek-ai/DeepSeek-V3 · RPD")
+    await tab.shot("keys-rests")
+    await limited_row.locator('[data-action="clear-rests"]').click()
+    await expect(limited_row.locator(".rests li")).to_have_count(0)
+    assert proxy.pool.rests_of(limited) == [] and proxy.pool.rests_of(spare) != []
+    assert tab.errors == []

@@ -15,6 +15,7 @@ from aiohttp_session import get_session
 
 from ..keys import INVALID, Key
 from ..models import CatalogUnavailable
+from ..pool import KeyPool, Rest
 from ..settings import SETTINGS as SETTING_LIST
 from ..settings import SettingError
 from ..typedefs import ACCOUNT, CATALOG, JOBS, LIFECYCLE, POOL, SETTINGS, STORE, THROTTLE
@@ -107,6 +108,15 @@ def _ids(value: Any) -> list[int]:
     ):
         raise ApiError(400, "ids: must be a list of key ids")
     return value
+
+
+def _rest_view(rest: Rest) -> dict[str, Any]:
+    return {"model": rest.model, "kind": rest.kind, "until": rest.until, "scope": rest.scope}
+
+
+def _key_view(pool: KeyPool, key: Key, now: float) -> dict[str, Any]:
+    """A key as the admin shows it, with the rests that hold it back (its account's included)."""
+    return {**key.view(now), "rests": [_rest_view(r) for r in pool.rests_of(key)]}
 
 
 def _key(request: web.Request) -> Key:
@@ -215,11 +225,11 @@ async def list_keys(request: web.Request) -> web.Response:
     order = _choice_param(request, "order", ("asc", "desc"), "desc")
     state = _choice_param(request, "state", KEY_STATES, "all")
     query = request.query.get("q", "").strip()[:100]
-    now = time.monotonic()
-    keys = _select(list(request.app[POOL].keys.values()), state, query, now)
+    now, pool = time.monotonic(), request.app[POOL]
+    keys = _select(list(pool.keys.values()), state, query, now)
     keys.sort(key=KEY_SORTS[sort], reverse=order == "desc")
     start = (page - 1) * size
-    return dumps({"items": [k.view(now) for k in keys[start : start + size]], "total": len(keys)})
+    return dumps({"items": [_key_view(pool, k, now) for k in keys[start : start + size]], "total": len(keys)})
 
 
 async def key_secret(request: web.Request) -> web.Response:
@@ -234,7 +244,7 @@ async def patch_key(request: web.Request) -> web.Response:
         raise ApiError(400, 'enabled: send {"enabled": true|false}')
     request.app[LIFECYCLE].set_enabled([key.id], data["enabled"])
     await request.app[STORE].flush()  # answered once saved
-    return dumps(key.view(time.monotonic()))
+    return dumps(_key_view(request.app[POOL], key, time.monotonic()))
 
 
 async def delete_key(request: web.Request) -> web.Response:
@@ -318,14 +328,29 @@ async def summary(request: web.Request) -> web.Response:
             else:
                 total += key.balance
     today = await request.app[STORE].read(lambda c: queries.totals_since(c, queries.today_start()))
+    rested = sorted(request.app[POOL].rested_models().items(), key=lambda item: (-item[1][0], item[0]))
     return dumps(
         {
             "keys": {"total": len(request.app[POOL]), **states},
             "total_balance": round(total + sum(by_account.values()), 4),
             "today": today,
             "strategy": request.app[SETTINGS].strategy,
+            "rests": [{"keys": held, **_rest_view(last)} for _, (held, last) in rested],
         }
     )
+
+
+async def clear_rests(request: web.Request) -> web.Response:
+    """End rests now: of one key (`key_id`, its account's included), of one `model`, or all."""
+    key_id = _int_param(request, "key_id", 0, 1, 2**63 - 1) or None
+    model = request.query.get("model")
+    if model is not None and not 0 < len(model) <= 256:
+        raise ApiError(400, "model: must be a model id (at most 256 characters)")
+    if key_id is not None and key_id not in request.app[POOL].keys:
+        raise ApiError(404, "no such key (Key 不存在)")
+    ended = request.app[POOL].clear_rests(key_id, model)
+    await request.app[STORE].delete_rests(ended)
+    return dumps({"cleared": len(ended)})
 
 
 # -- settings -----------------------------------------------------------------------------------

@@ -88,6 +88,18 @@ TEXT: dict[str, tuple[str, str]] = {
         "balance ¥{balance_before} → ¥{balance_after}",
     ),
     "home.clients": ("客户端配置", "Client set-up"),
+    "home.rests": ("限流中的模型", "Models resting after rate limits"),
+    "home.rests_hint": (
+        "限额按账号和模型计算：这些模型在下列 Key 上暂停使用，其他模型不受影响；到期自动恢复。",
+        "Limits belong to an account and a model: these models rest on the keys counted, other models are"
+        " unaffected; each rest ends by itself.",
+    ),
+    "home.rests_keys": ("限流 Key 数", "Keys resting"),
+    "home.rests_kind": ("限额类型", "Limit"),
+    "home.rests_until": ("最晚恢复时间", "Last one ends"),
+    "home.rests_clear": ("清除", "Clear"),
+    "home.rests_clear_all": ("全部清除", "Clear all"),
+    "home.rests_cleared": ("已清除 {cleared} 条限流", "Cleared {cleared} rests"),
     "home.base_url": ("Base URL", "Base URL"),
     # states
     "state.all": ("全部", "All"),
@@ -116,6 +128,9 @@ TEXT: dict[str, tuple[str, str]] = {
     "keys.deleted": ("已删除 {n} 个", "Deleted {n}"),
     "keys.changed": ("已更新 {n} 个", "Changed {n}"),
     "keys.empty": ("没有符合条件的 Key", "No keys match"),
+    "keys.clear_rests": ("清除限流", "Clear rests"),
+    "keys.rest_until": ("至", "until"),
+    "keys.rest_account": ("同账号", "whole account"),
     # models
     "models.filter": ("筛选模型", "Filter models"),
     "models.free": ("免费", "Free"),

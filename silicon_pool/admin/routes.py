@@ -22,6 +22,7 @@ def add_api_routes(router: web.UrlDispatcher) -> None:
     router.add_patch(r"/api/keys/{id:\d+}", api.patch_key)
     router.add_delete(r"/api/keys/{id:\d+}", api.delete_key)
     router.add_get("/api/summary", api.summary)
+    router.add_delete("/api/rests", api.clear_rests)
     router.add_get("/api/settings", api.get_settings)
     router.add_patch("/api/settings", api.patch_settings)
     router.add_get("/api/settings/schema", api.settings_schema)

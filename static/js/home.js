@@ -16,7 +16,35 @@ async function loadSummary() {
     return link;
   });
   document.getElementById("state-chips").replaceChildren(...chips);
+  showRests(summary.rests);
 }
+
+/** Per model, how many keys rest and until when; each row can be cleared. */
+function showRests(rests) {
+  document.getElementById("rests").hidden = rests.length === 0;
+  document.querySelector("#rests-table tbody").replaceChildren(...rests.map((rest) => {
+    const clear = el("button", t("home.rests_clear"), "small");
+    clear.type = "button";
+    clear.addEventListener("click", () => clearRests(`?model=${encodeURIComponent(rest.model)}`));
+    return el(
+      "tr", null, null,
+      el("td", rest.model || "—", "mono small"),
+      el("td", fmt.number(rest.keys), "num"),
+      el("td", rest.kind),
+      el("td", fmt.time(rest.until)),
+      el("td", null, null, clear),
+    );
+  }));
+}
+
+async function clearRests(query) {
+  const result = await attempt(() => api("DELETE", `/api/rests${query}`));
+  if (result) {
+    toast(t("home.rests_cleared", result), "good");
+    loadSummary();
+  }
+}
+document.getElementById("clear-all-rests").addEventListener("click", () => clearRests(""));
 
 function runJob(button, start, progress, result, describe) {
   button.addEventListener("click", async () => {

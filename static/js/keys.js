@@ -72,13 +72,21 @@ function row(key) {
   const refresh = actionButton(t("keys.refresh"), () => bulk("refresh", [key.id]));
   const remove = actionButton(t("keys.delete"), () => bulk("delete", [key.id]), "small danger");
   const actions = el("td", null, "small", toggle, " ", refresh, " ", remove);
+  const state = el("td", null, null, badge(key.state));
+  if (key.rests.length) {
+    const clear = actionButton(t("keys.clear_rests"), () =>
+      act(() => api("DELETE", `/api/rests?key_id=${key.id}`), t("common.saved")),
+    );
+    clear.dataset.action = "clear-rests";
+    state.append(el("ul", null, "rests", ...key.rests.map(restItem)), clear);
+  }
   const tr = el(
     "tr", null, null,
     el("td", null, null, check),
     el("td", null, null, el("span", key.key_masked, "mono"), " ", copy),
     el("td", fmt.balance(key.balance), "num"),
     el("td", fmt.number(key.usage_count), "num"),
-    el("td", null, null, badge(key.state)),
+    state,
     el("td", fmt.time(key.added_at)),
     el("td", fmt.time(key.last_used_at)),
     el("td", key.last_error || "", "wrap small muted"),
@@ -86,6 +94,15 @@ function row(key) {
   );
   tr.dataset.id = key.id;
   return tr;
+}
+
+/** One rest under a key's state: the model, the limit met and until when (local time). */
+function restItem(rest) {
+  const until = new Date(rest.until * 1000);
+  const today = until.toDateString() === new Date().toDateString();
+  const shown = today ? until.toLocaleTimeString(document.documentElement.lang, { hour12: false }) : fmt.time(rest.until);
+  const scope = rest.scope === "account" ? ` · ${t("keys.rest_account")}` : "";
+  return el("li", `${rest.model || "—"} · ${rest.kind} · ${t("keys.rest_until")} ${shown}${scope}`);
 }
 
 async function act(action, success) {
