@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from .admin.auth import LoginThrottle, cookie_storage, load_account
-from .admin.gate import admin_gate
+from .admin.gate import V1_ROUTE, admin_gate
 from .admin.pages import add_page_routes, setup_templates
 from .admin.routes import add_api_routes
 from .balance import BalanceChecker
@@ -175,7 +175,7 @@ def create_app(config: Config) -> web.Application:
     app[CONFIG], app[SECRETS], app[THROTTLE] = config, secrets, LoginThrottle()
     app[HOSTS] = HostCheck(config.allowed_hosts)
     app.cleanup_ctx.extend([_storage, _upstream, _jobs])
-    app.router.add_route("*", "/v1/{tail:.*}", to_proxy, expect_handler=proxy_decides_expect)
+    app.router.add_route("*", "/v1/{tail:.*}", to_proxy, name=V1_ROUTE, expect_handler=proxy_decides_expect)
     app.router.add_get("/healthz", healthz)
     app.router.add_route(
         "*", r"/{endpoint:(chat/completions|completions|embeddings|models|rerank|images/generations)}", missing_v1

@@ -15,7 +15,7 @@ from .admin.auth import reset_account
 from .app import create_app
 from .config import Config
 from .crypto import Secrets, ensure_private_dir
-from .schema import SchemaTooNew
+from .schema import SchemaError
 from .server import run
 from .settings import DEFAULT_UPSTREAM, Settings
 from .store import Store
@@ -145,7 +145,7 @@ def reset_admin(config: Config) -> None:
 def main(argv: Sequence[str] | None = None) -> None:
     try:
         _main(argv)
-    except SchemaTooNew as exc:  # a data dir from a newer release: say so, touch nothing
+    except SchemaError as exc:  # a data dir from a newer release, or damaged: say so, touch nothing
         print(f"silicon-pool: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
 

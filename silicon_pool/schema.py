@@ -91,6 +91,98 @@ def current_schema() -> str:
     return f"CREATE TABLE keys (\n    {keys}\n);\n{OTHER_TABLES}"
 
 
+# Version 1: the schema releases before versions (up to commit fa0878f) created at every start,
+# frozen here as they wrote it. Migration 1 runs it (adding what a data dir from an even earlier
+# commit lacks) and checks the keys table before stamping the version.
+_V1_SCHEMA = """
+CREATE TABLE IF NOT EXISTS keys (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused: a late update for a deleted key finds no row
+    key_hash TEXT NOT NULL UNIQUE,
+    key_enc BLOB NOT NULL,
+    added_at REAL NOT NULL,
+    balance REAL,
+    usage_count INTEGER NOT NULL DEFAULT 0,
+    enabled INTEGER NOT NULL DEFAULT 1,
+    state TEXT NOT NULL DEFAULT 'active',
+    last_used_at REAL,
+    last_error TEXT,
+    account_id TEXT
+);
+CREATE TABLE IF NOT EXISTS settings (
+    name TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS calls (
+    id INTEGER PRIMARY KEY,
+    ts REAL NOT NULL,
+    endpoint TEXT NOT NULL,
+    model TEXT,
+    key_id INTEGER,
+    status INTEGER NOT NULL,
+    attempts INTEGER NOT NULL,
+    latency_ms INTEGER NOT NULL,
+    ttfb_ms INTEGER,
+    prompt_tokens INTEGER NOT NULL DEFAULT 0,
+    completion_tokens INTEGER NOT NULL DEFAULT 0,
+    total_tokens INTEGER NOT NULL DEFAULT 0,
+    images INTEGER NOT NULL DEFAULT 0,
+    stream INTEGER NOT NULL DEFAULT 0,
+    caller TEXT NOT NULL,
+    error TEXT
+);
+CREATE INDEX IF NOT EXISTS calls_ts ON calls (ts);
+CREATE INDEX IF NOT EXISTS calls_model_ts ON calls (model, ts);
+CREATE INDEX IF NOT EXISTS calls_endpoint_ts ON calls (endpoint, ts);
+CREATE INDEX IF NOT EXISTS calls_errors_ts ON calls (ts) WHERE status >= 400 OR error IS NOT NULL;
+CREATE TABLE IF NOT EXISTS usage_hourly (
+    hour INTEGER NOT NULL,
+    model TEXT NOT NULL,
+    endpoint TEXT NOT NULL,
+    calls INTEGER NOT NULL DEFAULT 0,
+    errors INTEGER NOT NULL DEFAULT 0,
+    prompt_tokens INTEGER NOT NULL DEFAULT 0,
+    completion_tokens INTEGER NOT NULL DEFAULT 0,
+    total_tokens INTEGER NOT NULL DEFAULT 0,
+    images INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (hour, model, endpoint)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS admin (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    username TEXT NOT NULL,
+    password_hash TEXT NOT NULL,
+    is_default INTEGER NOT NULL,
+    epoch TEXT NOT NULL
+);
+"""
+_V1_KEY_COLUMNS = frozenset(
+    (
+        "id",
+        "key_hash",
+        "key_enc",
+        "added_at",
+        "balance",
+        "usage_count",
+        "enabled",
+        "state",
+        "last_used_at",
+        "last_error",
+        "account_id",
+    )
+)
+
+
+def _v1_baseline(conn: sqlite3.Connection) -> None:
+    for statement in _statements(_V1_SCHEMA):
+        conn.execute(statement)
+    found = {row[1] for row in conn.execute("PRAGMA table_info(keys)")}
+    missing = sorted(_V1_KEY_COLUMNS - found)
+    if missing:
+        raise SchemaError(
+            f"the keys table lacks column(s) {', '.join(missing)}: this data dir was not written by silicon-pool, "
+            "or is damaged; nothing in it was changed"
+        )
+
+
 class Migration(NamedTuple):
     """Brings a data dir from the version before it to its own (its place in MIGRATIONS, from 1)."""
 
@@ -107,16 +199,18 @@ def _v2_rate_limits(conn: sqlite3.Connection) -> None:
 
 
 MIGRATIONS: tuple[Migration, ...] = (
-    # Releases before schema versions (up to commit fa0878f) left user_version at 0 and wrote
-    # exactly the schema that version 1 is: nothing to change, only the stamp.
-    Migration("stamp the schema of releases before versions as version 1", lambda _conn: None),
+    Migration("the schema of releases before versions (up to fa0878f), checked", _v1_baseline),
     Migration("rests that outlive a restart; the rate-limit kinds a call met", _v2_rate_limits),
 )
 VERSION = len(MIGRATIONS)
 
 
-class SchemaTooNew(RuntimeError):
-    """The data dir was written by a newer release; it is left untouched."""
+class SchemaError(RuntimeError):
+    """The database cannot be opened as it is; it is left untouched and the message says why."""
+
+
+class SchemaTooNew(SchemaError):
+    """The data dir was written by a newer release."""
 
     def __init__(self, path: Path, found: int) -> None:
         super().__init__(
@@ -132,16 +226,29 @@ def version_of(conn: sqlite3.Connection) -> int:
 
 
 def check_version(path: Path) -> None:
-    """Refuse a data dir from a newer release, reading only (before any pragma or write)."""
-    if not path.exists():
+    """Refuse a database from a newer release, or one that is not silicon-pool's, reading only:
+    read-only (with a write-ahead log present, so its pages count) or immutable (without one, so
+    no log file is even created): a newer release's log is never folded into the database."""
+    if not path.exists() or path.stat().st_size == 0:
         return
-    conn = sqlite3.connect(path)
+    wal = path.with_name(path.name + "-wal")
+    mode = "mode=ro" if wal.exists() and wal.stat().st_size else "immutable=1"
     try:
-        found = version_of(conn)
-    finally:
-        conn.close()
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?{mode}", uri=True)
+        try:
+            found = version_of(conn)
+            conn.execute("SELECT name FROM sqlite_master LIMIT 1").fetchall()
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError as exc:
+        raise SchemaError(
+            f"{path} is not a silicon-pool database, or is damaged ({exc}); nothing in it was changed. "
+            "Restore it from a backup, or use another --data-dir."
+        ) from None
     if found > VERSION:
         raise SchemaTooNew(path, found)
+    if found < 0:
+        raise SchemaError(f"{path} has an invalid schema version {found}; nothing in it was changed")
 
 
 def _has_tables(conn: sqlite3.Connection) -> bool:
@@ -160,6 +267,8 @@ def upgrade(conn: sqlite3.Connection, path: Path) -> list[str]:
             found = version_of(conn)
             if found > VERSION:
                 raise SchemaTooNew(path, found)
+            if found < 0:
+                raise SchemaError(f"{path} has an invalid schema version {found}; nothing in it was changed")
             if found == VERSION:
                 conn.execute("COMMIT")
                 return ran

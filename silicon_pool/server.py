@@ -28,7 +28,8 @@ class PoolRunner(web.AppRunner):
 
         def dispatch(request: web.BaseRequest) -> Awaitable[web.StreamResponse]:
             # A plain function handing back the handler's coroutine: no extra coroutine per request.
-            return proxy(request) if request.path.startswith("/v1/") else to_app(request)
+            # The router's own test (it matches `path_safe`): `/v1%2F...` is no /v1 path either way.
+            return proxy(request) if request.rel_url.path_safe.startswith("/v1/") else to_app(request)
 
         server.request_handler = dispatch
 

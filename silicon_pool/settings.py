@@ -118,6 +118,14 @@ class Choice(Setting[str]):
         return {"options": [{"value": v, **words._asdict()} for v, words in self.options.items()]}
 
 
+def _number_within(value: Any, low: float, high: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
+        raise ValueError("must be a number")
+    if not low <= value <= high:
+        raise ValueError(f"must be between {low:g} and {high:g}")
+    return value
+
+
 class Number(Setting[float]):
     kind = "number"
     grid = "numbers"
@@ -126,15 +134,8 @@ class Number(Setting[float]):
         super().__init__(default, label, help)
         self.low, self.high = low, high
 
-    def check(self, value: Any) -> float:
-        if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
-            raise ValueError("must be a number")
-        if not self.low <= value <= self.high:
-            raise ValueError(f"must be between {self.low:g} and {self.high:g}")
-        return value
-
     def parse(self, value: Any) -> float:
-        return float(self.check(value))
+        return float(_number_within(value, self.low, self.high))
 
     def bounds(self) -> dict[str, Any]:
         return {"min": self.low, "max": self.high}
@@ -146,16 +147,16 @@ class Integer(Setting[int]):
 
     def __init__(self, default: int, low: int, high: int, label: Words, help: Words) -> None:  # noqa: A002
         super().__init__(default, label, help)
-        self._number = Number(default, low, high, label, help)
+        self.low, self.high = low, high
 
     def parse(self, value: Any) -> int:
-        number = self._number.check(value)
+        number = _number_within(value, self.low, self.high)
         if number != int(number):
             raise ValueError("must be a whole number")
         return int(number)
 
     def bounds(self) -> dict[str, Any]:
-        return self._number.bounds()
+        return {"min": self.low, "max": self.high}
 
 
 _TOKEN = re.compile(r"[\x21-\x7e]{0,256}")
@@ -188,12 +189,19 @@ class ModelList(Setting[tuple[str, ...]]):
         return models
 
 
+def _bad_port(url: str) -> bool:
+    port = re.match(r"https?://(?:\[[^\]]*\]|[^/:]*):(\d+)", url)
+    return port is not None and not 0 < int(port.group(1)) < 65536
+
+
 class Url(Setting[str]):
     """An http(s) URL; with `paths`, a path on this server too (for a script the pages load)."""
 
     kind = "url"
-    _BASE = re.compile(r"https?://[^\s/?#]+(/[^\s?#]*)?")
-    _SCRIPT = re.compile(r"(https?://[^\s\"'<>]+|/(?!/)[^\s\"'<>]*)")
+    # One host (no user info, no backslash that parsers read differently), a port that exists,
+    # printable characters only; a script URL also goes into the pages' CSP, so no `;` or quotes.
+    _BASE = re.compile(r"https?://([A-Za-z0-9.\-]+|\[[0-9A-Fa-f:.]+\])(:\d{1,5})?(/((?![?#\\])[\x21-\x7e])*)?")
+    _SCRIPT = re.compile(r"https?://[A-Za-z0-9.\-]+(:\d{1,5})?(/[^\s\"'<>\\;,]*)?|/(?![/\\])[^\s\"'<>\\;,]*")
 
     def __init__(self, default: str, label: Words, help: Words, *, paths: bool = False) -> None:  # noqa: A002
         super().__init__(default, label, help)
@@ -201,10 +209,10 @@ class Url(Setting[str]):
 
     def parse(self, value: Any) -> str:
         if self.paths:
-            if not isinstance(value, str) or not self._SCRIPT.fullmatch(value.strip()):
+            if not isinstance(value, str) or not self._SCRIPT.fullmatch(value.strip()) or _bad_port(value.strip()):
                 raise ValueError("must be an http(s) URL or a path on this server such as /static/chart.umd.min.js")
             return value.strip()
-        if not isinstance(value, str) or not self._BASE.fullmatch(value.strip()):
+        if not isinstance(value, str) or not self._BASE.fullmatch(value.strip()) or _bad_port(value.strip()):
             raise ValueError("must be an http(s) URL such as https://api.siliconflow.cn/v1")
         return value.strip().rstrip("/")
 

@@ -115,9 +115,19 @@ _STOP = object()
 
 def connect(path: Path) -> sqlite3.Connection:
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=NORMAL")
     conn.execute("PRAGMA busy_timeout=10000")
+    # Switching to WAL does not wait on the busy timeout: a second process starting on a new
+    # data dir at the same moment retries instead of failing.
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            break
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
+    conn.execute("PRAGMA synchronous=NORMAL")
     return conn
 
 
@@ -182,12 +192,26 @@ class Store:
         return await self.read(self._load_keys)
 
     async def load_settings(self) -> dict[str, Any]:
+        """Stored values by name; a row that is not JSON is skipped (the setting keeps its default)."""
         rows = await self.read(lambda conn: conn.execute("SELECT name, value FROM settings").fetchall())
-        return {name: orjson.loads(value) for name, value in rows}
+        values = {}
+        for name, value in rows:
+            try:
+                values[str(name)] = orjson.loads(value)
+            except (orjson.JSONDecodeError, TypeError):
+                log.warning("setting %r in %s is not JSON: its default applies", str(name)[:64], self.path)
+        return values
 
     def _load_keys(self, conn: sqlite3.Connection) -> list[Key]:
-        decrypt = self.secrets.decrypt
-        return [from_row(r[0], decrypt(r[1]), r[2:]) for r in conn.execute(_LOAD_KEYS).fetchall()]
+        decrypt, keys = self.secrets.decrypt, []
+        for row in conn.execute(_LOAD_KEYS):
+            try:
+                keys.append(from_row(row[0], decrypt(row[1]), row[2:]))
+            except Exception:  # one key that cannot be read costs no other; its row stays for a later release
+                log.error(
+                    "key id %r in %s cannot be decrypted or read: left out of the pool, kept on disk", row[0], self.path
+                )
+        return keys
 
     # -- the request path: enqueue only -------------------------------------------------------
 

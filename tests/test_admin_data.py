@@ -43,9 +43,10 @@ async def test_settings_read_patch_and_refuse(proxy: Running, admin: aiohttp.Cli
     assert (await _get(admin, "/api/settings"))["max_attempts"] == 4  # nothing half-applied
     schema = await _get(admin, "/api/settings/schema")
     assert {s["name"] for s in schema["settings"]} == set(settings)
-    assert all(s["help"]["zh"] and s["help"]["en"] for s in schema["settings"])
+    assert all(s["help"] and s["help_i18n"]["zh"] and s["help_i18n"]["en"] for s in schema["settings"])
     [strategy] = [s for s in schema["settings"] if s["name"] == "strategy"]
     assert strategy["kind"] == "choice" and len(strategy["options"]) == 9
+    assert [s["name"] for s in schema["strategies"]] == [o["value"] for o in strategy["options"]]
 
 
 async def test_logs_filter_page_and_clear(proxy: Running, fake: FakeUpstream, admin: aiohttp.ClientSession) -> None:

@@ -63,7 +63,11 @@ async def test_the_settings_form_and_schema_come_from_the_declarations(admin: ai
     async with admin.get("/api/settings/schema") as resp:
         schema = (await resp.json())["settings"]
     assert [s["name"] for s in schema] == [s.name for s in SETTINGS]
-    assert next(s for s in schema if s["name"] == "max_attempts") | {"label": None, "help": None} == {
+    assert next(s for s in schema if s["name"] == "max_attempts") | {
+        "label": None,
+        "help": None,
+        "help_i18n": None,
+    } == {
         "name": "max_attempts",
         "kind": "integer",
         "default": 3,
@@ -71,4 +75,5 @@ async def test_the_settings_form_and_schema_come_from_the_declarations(admin: ai
         "max": 20,
         "label": None,
         "help": None,
+        "help_i18n": None,
     }

@@ -17,7 +17,7 @@ from ..keys import INVALID, Key
 from ..models import CatalogUnavailable
 from ..pool import KeyPool, Rest
 from ..settings import SETTINGS as SETTING_LIST
-from ..settings import SettingError
+from ..settings import SettingError, Settings
 from ..typedefs import ACCOUNT, CATALOG, JOBS, LIFECYCLE, POOL, SETTINGS, STORE, THROTTLE
 from . import queries
 from .auth import Account, check_login, hash_password, save_account, start_session
@@ -361,7 +361,16 @@ async def get_settings(request: web.Request) -> web.Response:
 
 
 async def settings_schema(_request: web.Request) -> web.Response:
-    return dumps({"settings": [s.describe() for s in SETTING_LIST]})
+    """Each setting's declaration; `help` stays the one line it was before the declarations grew
+    both languages (`label`, `help_i18n`), and `strategies` stays too, for scripts that read them."""
+    settings = [
+        {**s.describe(), "help": f"{s.help.en} ({s.help.zh})", "help_i18n": s.help._asdict()} for s in SETTING_LIST
+    ]
+    strategies = [
+        {"name": option["value"], "zh": option["zh"], "en": option["en"]}
+        for option in Settings.strategy.bounds()["options"]
+    ]
+    return dumps({"settings": settings, "strategies": strategies})
 
 
 async def patch_settings(request: web.Request) -> web.Response:

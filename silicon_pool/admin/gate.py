@@ -27,6 +27,7 @@ warnings.filterwarnings("ignore", category=web.NotAppKeyWarning, module="aiohttp
 
 log = logging.getLogger(__name__)
 
+V1_ROUTE = "v1"  # the app's route to the proxy (app.py): what the router chose, not what the path looks like
 PUBLIC = frozenset({("POST", "/api/login")})
 UNSAFE = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
@@ -36,7 +37,7 @@ def admin_gate(storage: AbstractStorage) -> Middleware:
 
     @web.middleware
     async def gate(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path.startswith("/v1/"):
+        if request.match_info.route.name == V1_ROUTE:
             return await handler(request)
         try:
             return await sessions(request, functools.partial(_guard, handler=handler))
