@@ -34,6 +34,8 @@ import orjson
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from picks import report as pick_report  # noqa: E402  (bench/picks.py, beside this file)
+
 from silicon_pool.crypto import Secrets, ensure_private_dir  # noqa: E402
 from silicon_pool.keys import Key  # noqa: E402
 from silicon_pool.store import Store  # noqa: E402
@@ -450,6 +452,7 @@ def main() -> None:
         bare.stop()
         upstream.stop()
         shutil.rmtree(work, ignore_errors=True)
+    pick_report(table, keys=args.keys)  # in-process: the pick cost with keys resting for a model
 
 
 if __name__ == "__main__":

@@ -103,6 +103,7 @@ class KeyPool:
         self.clock = clock  # wall clock of rests (tests move it)
         self._indexes: Tiers = (make_index(strategy), make_index(strategy))
         self._views: dict[str, Tiers] = {}
+        self._view_sizes: dict[str, int] = {}  # each view's size when (re)built, to know when to compact it
         self._rests: dict[str, _ModelRests] = {}
         self._rest_ends: list[tuple[float, str, Owner]] = []  # every rest's end, stale entries skipped
         # Per tier, (cool_until, id) of keys resting whole; entries of keys since changed are skipped lazily.
@@ -166,7 +167,7 @@ class KeyPool:
             raise ValueError(f"unknown strategy {strategy!r}")
         self.strategy = strategy
         self._indexes = (make_index(strategy), make_index(strategy))
-        self._views = {}
+        self._views, self._view_sizes = {}, {}
         for key in self.keys.values():
             key.tier = None
             self._place(key)
@@ -218,7 +219,8 @@ class KeyPool:
 
     def acquire(self, tiers: tuple[int, ...], model: str = "", exclude: tuple[int, ...] = ()) -> Key | None:
         """Pick a key for `model` from the first tier that has one, skipping ids in `exclude`; count its use."""
-        if self._cooling[PAID] or self._cooling[FREE] or self._rest_ends:
+        ends = self._rest_ends
+        if self._cooling[PAID] or self._cooling[FREE] or (ends and ends[0][0] <= self.clock()):
             self.revive()
         indexes = self._views.get(model, self._indexes) if self._views else self._indexes
         for tier in tiers:
@@ -327,6 +329,8 @@ class KeyPool:
             for held in self._owned(owner):
                 if held.tier is not None and held in view[held.tier]:
                     view[held.tier].discard(held)
+            if (len(view[PAID]) + len(view[FREE])) * 4 < self._view_sizes[model]:
+                self._views[model] = self._open_view(model)  # compact: dicts never shrink by themselves
         self._on_rest(rest)
         return rest
 
@@ -391,6 +395,7 @@ class KeyPool:
             for key in index:
                 if not self.rests_for(key, model):
                     view[tier].add(key)
+        self._view_sizes[model] = len(view[PAID]) + len(view[FREE])
         return view
 
     def _end_rest(self, rest: Rest) -> None:
@@ -399,6 +404,7 @@ class KeyPool:
         if not rests.by_owner:  # the model's last rest: its view closes, picks go back to the tier indexes
             del self._rests[rest.model]
             del self._views[rest.model]
+            del self._view_sizes[rest.model]
             return
         view = self._views[rest.model]
         for key in self._owned(rest.owner):
