@@ -152,6 +152,9 @@ class _Turns:
     def __init__(self) -> None:
         self._locks: dict[str, tuple[asyncio.Lock, list[int]]] = {}
 
+    def queued(self, model: str) -> bool:
+        return model in self._locks
+
     @contextlib.asynccontextmanager
     async def take(self, model: str) -> AsyncIterator[None]:
         lock, users = self._locks.setdefault(model, (asyncio.Lock(), [0]))
@@ -341,8 +344,10 @@ class Proxy:
         cooled = False
         deadline: float | None = None
         while len(call.tried) < settings.max_attempts:
-            key = pool.acquire(tiers, model, call.tried)
-            if key is None and settings.wait_for_key_seconds > 0:
+            waits = settings.wait_for_key_seconds > 0
+            # While others wait for this model, a newcomer queues behind them: first come, first served.
+            key = None if waits and self._turns.queued(model) else pool.acquire(tiers, model, call.tried)
+            if key is None and waits:
                 loop = asyncio.get_running_loop()
                 deadline = deadline or loop.time() + settings.wait_for_key_seconds
                 key = await self._wait_for_key(tiers, model, deadline)
@@ -444,15 +449,21 @@ class Proxy:
 
         Waiters for one model take turns in arrival order; a client that leaves stops waiting."""
         pool, loop = self.pool, asyncio.get_running_loop()
-        async with self._turns.take(model):
-            while True:
-                key = pool.acquire(tiers, model)
-                if key is not None:
-                    return key
-                chance, left = pool.next_chance(tiers, model), deadline - loop.time()
-                if chance is None or chance > left:
-                    return None
-                await pool.wait_for_change(min(chance + WAKE_MARGIN, left))
+        key: Key | None = None
+        try:
+            async with asyncio.timeout_at(deadline), self._turns.take(model):  # the turn too is within the budget
+                while (key := pool.acquire(tiers, model)) is None:
+                    chance = pool.next_chance(tiers, model)
+                    if chance is None or chance > deadline - loop.time():
+                        break
+                    await pool.wait_for_change(chance + WAKE_MARGIN)
+        except TimeoutError:
+            pass  # the budget ran out: with the key if it came just as the turn ended, else without one
+        except BaseException:  # the client left: a key taken as it did goes back
+            if key is not None:
+                pool.release(key)
+            raise
+        return key
 
     def _no_key(self, call: _Call, tiers: tuple[int, ...], failures: list[str], cooled: bool) -> web.Response:
         why = self.pool.unavailable(tiers, call.model or "")
