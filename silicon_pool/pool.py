@@ -65,6 +65,10 @@ class _ModelRests:
         return None
 
 
+def _servable(key: Key) -> bool:
+    return key.enabled and key.state != INVALID
+
+
 def _tier_of(key: Key) -> int:
     return FREE if key.balance is not None and key.balance <= 0 else PAID
 
@@ -465,6 +469,18 @@ class KeyPool:
             heapq.heappop(heap)  # stale: `_place` enters the key again if it still rests
         return None
 
+    def _held_out(self, tiers: tuple[int, ...]) -> Iterable[Key]:
+        """Keys of `tiers` out of every index for now only: cooling down, or at their cap."""
+        for key in self._capped:
+            if _tier_of(key) in tiers:
+                yield key
+        now = time.monotonic()
+        for tier in tiers:
+            for until, key_id in self._cooling[tier]:
+                cooling = self.keys.get(key_id)
+                if cooling is not None and cooling.cool_until == until > now and _servable(cooling):
+                    yield cooling
+
     def mark_invalid(self, key: Key, error: str) -> None:
         """The upstream said 401: keep the key, never pick it again until a refresh revives it."""
         key.state = INVALID
@@ -513,10 +529,11 @@ class KeyPool:
             return Unavailable("No API keys in the pool: import some in the admin (池中没有 Key，请先导入)", None)
         self.revive()
         rests, view = self._rests.get(model), self._views.get(model)
-        resting = view is not None and not any(len(view[t]) for t in tiers)
-        if rests is not None and resting and any(len(self._indexes[t]) for t in tiers):
-            earliest = rests.earliest()  # every key that could serve rests for the model
-            if earliest is not None:
+        if rests is not None and view is not None and not any(len(view[t]) for t in tiers):
+            out = list(self._held_out(tiers))  # cooling or at their cap: back soon, unless they rest too
+            serving = any(len(self._indexes[t]) for t in tiers) or out
+            earliest = rests.earliest()
+            if serving and earliest is not None and all(self.rests_for(k, model) for k in out):
                 wait = max(1, math.ceil(earliest.until - self.clock()))
                 return Unavailable("", wait, 429, earliest)  # the proxy words it (it knows the zone)
         waits = [until for tier in tiers if (until := self._next_cool_end(tier)) is not None]

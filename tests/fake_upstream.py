@@ -4,6 +4,10 @@ It follows /work/shared/reference/upstream-api.md: flat error envelopes, balance
 streams where every SSE chunk carries cumulative usage, rerank usage at top level or under `meta`.
 Everything is in memory and deterministic, so tests can predict bodies, usage and key ids.
 Serve `FakeUpstream().app` with pytest-aiohttp's `aiohttp_server` or a `web.AppRunner`.
+
+Rate limits work as SiliconFlow's do: per (account, model), in seven kinds (RPM, RPH, RPD, TPM,
+TPD, IPM, IPD), counted in calendar windows of Asia/Shanghai (UTC+8) read from `clock`, so a test
+moves time by swapping the clock. `limit()` sets a model's budgets; only served requests count.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import hashlib
 import struct
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -21,7 +26,19 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-__all__ = ["BEHAVIORS", "FREE_MODELS", "FakeUpstream", "Seen", "make_key"]
+__all__ = [
+    "BEHAVIORS",
+    "FREE_MODELS",
+    "LIMIT_KINDS",
+    "MSG_RATE_LIMITED_LEGACY",
+    "MSG_UNVERIFIED_RPD",
+    "UNVERIFIED_RPD",
+    "UNVERIFIED_RPD_MODELS",
+    "FakeUpstream",
+    "Seen",
+    "limit_message",
+    "make_key",
+]
 
 CHAT = ("text", "chat")
 EMBEDDING = ("text", "embedding")
@@ -82,12 +99,40 @@ MSG_DISABLED = "Model disabled."
 MSG_UNKNOWN_MODEL = "Model does not exist. Please check it carefully."
 MSG_BAD_PARAM = "The parameter is invalid. Please check again."
 MSG_RATE_LIMITED = "Request was rejected due to rate limiting. Details: TPM limit reached."
+# The older refusal, which names no kind.
+MSG_RATE_LIMITED_LEGACY = (
+    "Request was rejected due to rate limiting. If you want more, please contact contact@siliconflow.cn"
+)
+MSG_UNVERIFIED_RPD = (
+    "Request was rejected due to rate limiting. Details: RPD limit reached. "
+    "Could only send 100 requests per day without real name verification."
+)
 MSG_BUSY = "System is too busy now. Please try again later."
 _GATEWAY_TIMEOUT_HTML = (
     "<html>\r\n<head><title>504 Gateway Time-out</title></head>\r\n<body>\r\n"
     "<center><h1>504 Gateway Time-out</h1></center>\r\n</body>\r\n</html>\r\n"
 )
 SPEECH_BYTES: bytes = bytes(range(256)) * 64  # 16 KiB, not JSON, for passthrough tests
+
+
+# The seven limit kinds, in the order a refusal is decided: what each counts, and its window.
+LIMIT_KINDS: tuple[str, ...] = ("RPM", "RPH", "RPD", "TPM", "TPD", "IPM", "IPD")
+_COUNTS = {"R": "requests", "T": "tokens", "I": "images"}
+_WINDOW_SECONDS = {"M": 60, "H": 3600, "D": 86400}
+_SHANGHAI_OFFSET = 8 * 3600  # Asia/Shanghai is UTC+8 all year (no daylight saving since 1991)
+# Accounts without real-name verification may send this many requests a day to these models.
+UNVERIFIED_RPD_MODELS: frozenset[str] = frozenset({"deepseek-ai/DeepSeek-R1", "deepseek-ai/DeepSeek-V3"})
+UNVERIFIED_RPD = 100
+
+
+def limit_message(kind: str) -> str:
+    """The message of a 429 for `kind`, as SiliconFlow words it."""
+    return f"Request was rejected due to rate limiting. Details: {kind} limit reached."
+
+
+def _window(kind: str, now: float) -> int:
+    """Which calendar minute, hour or day (Asia/Shanghai) `now` falls in, for `kind`."""
+    return int((now + _SHANGHAI_OFFSET) // _WINDOW_SECONDS[kind[-1]])
 
 
 def make_key(seed: int | str) -> str:
@@ -243,6 +288,12 @@ class FakeUpstream:
     stall_after_chunks: int | None = None  # go silent for stall_seconds mid-stream after this many chunks
     broken_answer: str | None = None  # non-stream chat: "truncated" (cut mid-body) or "not_json" (HTML, 200)
     compress: bool = False  # gzip answers (streams too) for clients that accept it, as a CDN in front may
+    clock: Callable[[], float] = time.time  # Unix time the rate-limit windows are read from
+    limits: dict[str, dict[str, int]] = field(default_factory=dict)  # model -> kind -> budget, see limit()
+    unverified_accounts: set[str] = field(default_factory=set)  # no real-name verification: RPD 100 on R1/V3
+    retry_after: str | None = None  # sent as Retry-After on every 429 when set
+    rate_limited_message: str = MSG_RATE_LIMITED  # what the per-key "rate_limited" behaviour answers
+    refused: list[tuple[str, str, str]] = field(default_factory=list)  # (account, model, kind) per budget 429
 
     def __post_init__(self) -> None:
         if not self.models:
@@ -252,6 +303,8 @@ class FakeUpstream:
                     self.models[f"Pro/{name}"] = kind
             self.models.update(_PAID_EXTRA)
         self._keys: dict[str, _KeyState] = {}
+        # (account, model, kind) -> (window, amount spent in it)
+        self._spent: dict[tuple[str, str, str], tuple[int, int]] = {}
         self._closing = asyncio.Event()
         self.app = self._build_app()
 
@@ -281,6 +334,82 @@ class FakeUpstream:
     def seen(self, path: str | None = None) -> list[Seen]:
         """Requests received so far, optionally only those for one path."""
         return [r for r in self.requests if path is None or r.path == path]
+
+    # ----- rate limits ---------------------------------------------------------------------
+
+    def limit(
+        self,
+        model: str,
+        *,
+        rpm: int | None = None,
+        rph: int | None = None,
+        rpd: int | None = None,
+        tpm: int | None = None,
+        tpd: int | None = None,
+        ipm: int | None = None,
+        ipd: int | None = None,
+    ) -> None:
+        """Give every account these budgets for `model` (kinds not named keep theirs).
+
+        Requests and images are refused when one more would go over the budget; tokens once the
+        window's spend has reached it (the upstream cannot know a completion's length before it
+        is generated, so the request that crosses the budget is still served)."""
+        budgets = {"RPM": rpm, "RPH": rph, "RPD": rpd, "TPM": tpm, "TPD": tpd, "IPM": ipm, "IPD": ipd}
+        self.limits.setdefault(model, {}).update({k: v for k, v in budgets.items() if v is not None})
+
+    def account_of(self, key: str) -> str:
+        """The account id a known key belongs to (what /user/info answers as `data.id`)."""
+        return self._keys[key].account_id
+
+    def spend(self, account: str, model: str, *, requests: int = 0, tokens: int = 0, images: int = 0) -> None:
+        """Count use in the current windows, as if served earlier (say, a quota used up this morning)."""
+        amounts = {"requests": requests, "tokens": tokens, "images": images}
+        now = self.clock()
+        for kind in LIMIT_KINDS:
+            amount = amounts[_COUNTS[kind[0]]]
+            if amount:
+                window = _window(kind, now)
+                held, spent = self._spent.get((account, model, kind), (window, 0))
+                self._spent[(account, model, kind)] = (window, (spent if held == window else 0) + amount)
+
+    def spent(self, account: str, model: str) -> dict[str, int]:
+        """What `account` has spent on `model` in each kind's current window."""
+        now = self.clock()
+        return {kind: self._spent_now(account, model, kind, now) for kind in LIMIT_KINDS}
+
+    def _spent_now(self, account: str, model: str, kind: str, now: float) -> int:
+        window, spent = self._spent.get((account, model, kind), (None, 0))
+        return spent if window == _window(kind, now) else 0
+
+    def _budget(self, account: str, model: str, kind: str) -> int | None:
+        budget = self.limits.get(model, {}).get(kind)
+        if kind == "RPD" and model in UNVERIFIED_RPD_MODELS and account in self.unverified_accounts:
+            budget = UNVERIFIED_RPD if budget is None else min(budget, UNVERIFIED_RPD)
+        return budget
+
+    def _serve(self, state: _KeyState, model: str, *, tokens: int = 0, images: int = 0) -> None:
+        """Refuse the request with SiliconFlow's 429 if it goes over a budget, else count it as served."""
+        account, now = state.account_id, self.clock()
+        for kind in LIMIT_KINDS:
+            budget = self._budget(account, model, kind)
+            if budget is None:
+                continue
+            spent = self._spent_now(account, model, kind, now)
+            counts = _COUNTS[kind[0]]
+            over = spent >= budget if counts == "tokens" else spent + (images if counts == "images" else 1) > budget
+            if over:
+                self.refused.append((account, model, kind))
+                unverified = kind == "RPD" and model in UNVERIFIED_RPD_MODELS and account in self.unverified_accounts
+                raise self._rate_limited(MSG_UNVERIFIED_RPD if unverified else limit_message(kind))
+        self.spend(account, model, requests=1, tokens=tokens, images=images)
+
+    def _rate_limited(self, message: str) -> _Reply:
+        """A 429 in SiliconFlow's shape (no code), with Retry-After when a test asks for one."""
+        headers = {"Retry-After": self.retry_after} if self.retry_after is not None else None
+        if self.plain_text_rate_limit:
+            return _Reply(web.Response(status=429, text=message, headers=headers))
+        body = orjson.dumps({"message": message, "data": None})
+        return _Reply(web.Response(status=429, body=body, content_type="application/json", headers=headers))
 
     # ----- app wiring ----------------------------------------------------------------------
 
@@ -371,9 +500,7 @@ class FakeUpstream:
                 raise self._reset(request)
             return state
         if behavior == "rate_limited":
-            if self.plain_text_rate_limit:
-                raise _Reply(web.Response(status=429, text=MSG_RATE_LIMITED))
-            raise _Reply(_json(429, {"message": MSG_RATE_LIMITED, "data": None}))
+            raise self._rate_limited(self.rate_limited_message)
         if behavior == "overloaded":
             raise _error(503, 50508, MSG_BUSY)
         if behavior == "gateway_timeout":
@@ -396,8 +523,10 @@ class FakeUpstream:
             return
         raise _error(self.no_balance_status, 30001, MSG_NO_BALANCE)
 
-    async def _model_call(self, request: web.Request) -> tuple[dict[str, Any], str]:
-        """Shared front half of every model endpoint: key, behaviour, body, model, balance."""
+    async def _model_call(self, request: web.Request) -> tuple[_KeyState, dict[str, Any], str]:
+        """Shared front half of every model endpoint: key, behaviour, body, model, balance.
+
+        Each endpoint then checks its own fields and calls `_serve` (the rate limits) last."""
         state = await self._gate(request, "full")
         try:
             body = orjson.loads(await request.read())
@@ -411,7 +540,7 @@ class FakeUpstream:
         if model not in self.models:
             raise _error(400, 20012, MSG_UNKNOWN_MODEL)
         self._check_balance(state, model)
-        return body, model
+        return state, body, model
 
     # ----- streaming -----------------------------------------------------------------------
 
@@ -478,6 +607,7 @@ class FakeUpstream:
     async def _generate(
         self,
         request: web.Request,
+        state: _KeyState,
         body: dict[str, Any],
         model: str,
         prompt: int,
@@ -486,6 +616,7 @@ class FakeUpstream:
         """Answer chat or FIM completions; stream totals equal the non-stream usage."""
         reasoning, content = self._pieces()
         usage = _Usage(prompt=prompt, reasoning=len(reasoning), content=len(content))
+        self._serve(state, model, tokens=usage.as_dict()["total_tokens"])
         gen_id = uuid.uuid4().hex
         created = int(time.time())
         obj = "chat.completion" if chat else "text_completion"
@@ -605,25 +736,25 @@ class FakeUpstream:
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         """OpenAI-style chat completion, streamed or not."""
-        body, model = await self._model_call(request)
+        state, body, model = await self._model_call(request)
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
             raise _bad_param("Field 'messages' is required.")
         prompt = sum(_tokens(_message_text(m)) for m in messages)
-        return await self._generate(request, body, model, prompt, chat=True)
+        return await self._generate(request, state, body, model, prompt, chat=True)
 
     async def _completions(self, request: web.Request) -> web.StreamResponse:
         """FIM/code completion: `prompt` (+ optional `suffix`) in, `choices[].text` out."""
-        body, model = await self._model_call(request)
+        state, body, model = await self._model_call(request)
         prompt = body.get("prompt")
         suffix = body.get("suffix") or ""
         if not isinstance(prompt, str) or not isinstance(suffix, str):
             raise _bad_param("Field 'prompt' is required.")
-        return await self._generate(request, body, model, _tokens(prompt + suffix), chat=False)
+        return await self._generate(request, state, body, model, _tokens(prompt + suffix), chat=False)
 
     async def _embeddings(self, request: web.Request) -> web.StreamResponse:
         """Eight deterministic floats per input; usage counts prompt tokens only."""
-        body, model = await self._model_call(request)
+        state, body, model = await self._model_call(request)
         raw = body.get("input")
         inputs = [raw] if isinstance(raw, str) else raw
         if (
@@ -639,6 +770,7 @@ class FakeUpstream:
             embedding: Any = base64.b64encode(struct.pack("<8f", *vector)).decode() if as_base64 else vector
             data.append({"object": "embedding", "embedding": embedding, "index": i})
         tokens = sum(_tokens(t) for t in inputs)
+        self._serve(state, model, tokens=tokens)
         usage = {
             "prompt_tokens": tokens,
             "completion_tokens": 0,
@@ -648,7 +780,7 @@ class FakeUpstream:
 
     async def _rerank(self, request: web.Request) -> web.StreamResponse:
         """Score documents deterministically; usage sits at `tokens` or `meta.tokens` per knob."""
-        body, model = await self._model_call(request)
+        state, body, model = await self._model_call(request)
         query = body.get("query")
         docs = body.get("documents")
         if not isinstance(query, str) or not isinstance(docs, list) or not docs:
@@ -673,6 +805,7 @@ class FakeUpstream:
             "input_tokens": sum(_tokens(query) + _tokens(d) for d in docs),
             "output_tokens": 0,
         }
+        self._serve(state, model, tokens=tokens["input_tokens"])
         payload: dict[str, Any] = {"id": uuid.uuid4().hex, "results": results}
         if self.rerank_usage_in_meta:
             payload["meta"] = {"tokens": tokens}
@@ -682,13 +815,14 @@ class FakeUpstream:
 
     async def _images(self, request: web.Request) -> web.StreamResponse:
         """`batch_size` image URLs (no token usage), optionally with an OpenAI-style `data` copy."""
-        body, _model = await self._model_call(request)
+        state, body, model = await self._model_call(request)
         prompt = body.get("prompt")
         batch = body.get("batch_size", 1)
         if not isinstance(prompt, str) or not prompt:
             raise _bad_param("Field 'prompt' is required.")
         if not isinstance(batch, int) or isinstance(batch, bool) or not 1 <= batch <= 4:
             raise _bad_param("Field 'batch_size' must be between 1 and 4.")
+        self._serve(state, model, images=batch)
         seed = body.get("seed")
         images = [{"url": f"https://example.invalid/img/{n}.png"} for n in range(batch)]
         payload: dict[str, Any] = {
