@@ -73,6 +73,7 @@ OTHER = Endpoint(False, token_usage)
 UNKNOWN_HOST = "Unknown Host name: use an IP address or localhost, or start silicon-pool with --allowed-host NAME"
 ONLY_PAID, ONLY_FREE, FREE_FIRST = (PAID,), (FREE,), (FREE, PAID)
 MB = 1024 * 1024
+MAX_MODEL = 256  # characters of a model id: no real one comes near, and it is logged and rested on
 WAKE_MARGIN = 0.005  # seconds past a rest's end before a waiter looks again
 MAX_CACHED_TARGETS = 256  # upstream targets kept per path; odd paths (ids, queries) beyond that are parsed each time
 
@@ -175,9 +176,9 @@ class BadAnswer(Exception):
 class RequestRejected(Exception):
     """The proxy refuses the request itself, before any key is spent."""
 
-    def __init__(self, status: int, message: str, code: str) -> None:
+    def __init__(self, status: int, message: str, code: str, type_: str = "invalid_request_error") -> None:
         super().__init__(message)
-        self.status, self.message, self.code = status, message, code
+        self.status, self.message, self.code, self.type = status, message, code, type_
 
 
 class Proxy:
@@ -216,9 +217,11 @@ class Proxy:
                 if body is None:
                     body = await self._read_body(request)
                 self._inspect(request, call, endpoint, body)
+                if call.caller == "free":
+                    self._free_models_only(request, call)
             except RequestRejected as exc:
                 self._log(call, exc.status, None, error=exc.message)
-                return openai_error(exc.status, exc.message, "invalid_request_error", exc.code)
+                return openai_error(exc.status, exc.message, exc.type, exc.code)
             return await self._forward(request, call, endpoint, body, self._tiers(call))
         except asyncio.CancelledError:  # the client went away
             if not call.logged:
@@ -241,6 +244,26 @@ class Proxy:
         call.caller = caller
         if endpoint.json_body and request.method == "POST" and not _is_json(request):
             raise RequestRejected(415, "Content-Type must be application/json", "unsupported_media_type")
+
+    def _free_models_only(self, request: web.BaseRequest, call: _Call) -> None:
+        """The free token can never spend money, by rule: it is served for models in free_models
+        only (and the model list, which costs nothing); anything else is refused before a key is touched."""
+        if call.model in self.settings.free_model_set:
+            return
+        if (
+            call.model is None
+            and request.method == "GET"
+            and (call.path == "models" or call.path.startswith("models/"))
+        ):
+            return
+        shown = call.model or f"/v1/{call.path[:100]}"
+        raise RequestRejected(
+            403,
+            f"The free token is for free models only, and {shown} is not one of free_models "
+            f"(免费令牌只能用于免费模型，{shown} 不在免费模型列表中)",
+            "free_models_only",
+            "permission_error",
+        )
 
     def _tiers(self, call: _Call) -> tuple[int, ...]:
         """Free-token callers use zero-balance keys only; free models try them first."""
@@ -319,6 +342,8 @@ class Proxy:
                 raise RequestRejected(400, "The request body must be a JSON object", "invalid_json")
             return
         model = payload.get("model")
+        if isinstance(model, str) and len(model) > MAX_MODEL:
+            raise RequestRejected(400, f"The model id is over {MAX_MODEL} characters", "model_too_long")
         if isinstance(model, str) and model:
             call.model = model
         elif strict:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
@@ -203,6 +204,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration("rests that outlive a restart; the rate-limit kinds a call met", _v2_rate_limits),
 )
 VERSION = len(MIGRATIONS)
+UNREADABLE_RETRIES = 10  # reads, 0.1 s apart, of a database another process may be creating
 
 
 class SchemaError(RuntimeError):
@@ -228,27 +230,39 @@ def version_of(conn: sqlite3.Connection) -> int:
 def check_version(path: Path) -> None:
     """Refuse a database from a newer release, or one that is not silicon-pool's, reading only:
     read-only (with a write-ahead log present, so its pages count) or immutable (without one, so
-    no log file is even created): a newer release's log is never folded into the database."""
+    no log file is even created): a newer release's log is never folded into the database.
+
+    An immutable read takes no lock, so it can catch another process creating the database
+    mid-write: an unreadable file is read again for a moment before it is called damaged."""
     if not path.exists() or path.stat().st_size == 0:
         return
-    wal = path.with_name(path.name + "-wal")
-    mode = "mode=ro" if wal.exists() and wal.stat().st_size else "immutable=1"
-    try:
-        conn = sqlite3.connect(f"{path.resolve().as_uri()}?{mode}", uri=True)
+    for attempt in range(UNREADABLE_RETRIES + 1):
         try:
-            found = version_of(conn)
-            conn.execute("SELECT name FROM sqlite_master LIMIT 1").fetchall()
-        finally:
-            conn.close()
-    except sqlite3.DatabaseError as exc:
-        raise SchemaError(
-            f"{path} is not a silicon-pool database, or is damaged ({exc}); nothing in it was changed. "
-            "Restore it from a backup, or use another --data-dir."
-        ) from None
+            found = _read_version(path)
+            break
+        except sqlite3.DatabaseError as exc:
+            if attempt == UNREADABLE_RETRIES:
+                raise SchemaError(
+                    f"{path} is not a silicon-pool database, or is damaged ({exc}); nothing in it was changed. "
+                    "Restore it from a backup, or use another --data-dir."
+                ) from None
+            time.sleep(0.1)
     if found > VERSION:
         raise SchemaTooNew(path, found)
     if found < 0:
         raise SchemaError(f"{path} has an invalid schema version {found}; nothing in it was changed")
+
+
+def _read_version(path: Path) -> int:
+    wal = path.with_name(path.name + "-wal")
+    mode = "mode=ro" if wal.exists() and wal.stat().st_size else "immutable=1"
+    conn = sqlite3.connect(f"{path.resolve().as_uri()}?{mode}", uri=True)
+    try:
+        found = version_of(conn)
+        conn.execute("SELECT name FROM sqlite_master LIMIT 1").fetchall()
+        return found
+    finally:
+        conn.close()
 
 
 def _has_tables(conn: sqlite3.Connection) -> bool:

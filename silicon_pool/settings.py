@@ -263,7 +263,10 @@ class Settings:
     free_token = Token(
         "",
         Words("免费模型令牌（只用零余额 Key）", "Free token (zero-balance keys only)"),
-        Words("携带此令牌的请求只使用零余额 Key", "Requests with this token are served by zero-balance keys only"),
+        Words(
+            "只能请求免费模型（其他模型返回 403），只使用零余额 Key：永远不会花钱",
+            "Free models only (others are refused with a 403), zero-balance keys only: it never spends money",
+        ),
     )
     free_models = ModelList(
         DEFAULT_FREE_MODELS,

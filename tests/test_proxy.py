@@ -214,15 +214,39 @@ async def test_free_token_uses_zero_balance_keys_only(proxy: Running, fake: Fake
     assert {r["caller"] for r in rows} == {"free"}
 
 
-async def test_free_token_for_paid_model_returns_upstream_refusal(proxy: Running, fake: FakeUpstream) -> None:
+async def test_the_free_token_is_refused_for_any_other_model_without_touching_a_key(
+    proxy: Running, fake: FakeUpstream
+) -> None:
+    [paid] = paid_keys(fake, 1)
     [zero] = paid_keys(fake, 1, balance="0", seed="zero")
-    await proxy.add_keys((zero, 0.0))
-    await proxy.set(free_token="free-token")
+    await proxy.add_keys((paid, 10.0), (zero, 0.0))
+    await proxy.set(api_token="main-token", free_token="free-token")
+    client = proxy.openai("free-token")
     with pytest.raises(openai.PermissionDeniedError) as caught:
-        await proxy.openai("free-token").chat.completions.create(model=CHAT, messages=MESSAGES)
-    assert caught.value.body["code"] == 30001
-    key = next(iter(proxy.pool.keys.values()))
-    assert key.status() == "zero"  # a paid model refused is not the key's fault
+        await client.chat.completions.create(model=CHAT, messages=MESSAGES)
+    assert caught.value.body["code"] == "free_models_only"  # type: ignore[index]
+    assert caught.value.body["type"] == "permission_error"  # type: ignore[index]
+    assert CHAT in caught.value.body["message"] and "免费模型" in caught.value.body["message"]  # type: ignore[index]
+    for call in (
+        client.embeddings.create(model="Qwen/Qwen3-Embedding-8B", input="x"),
+        client.images.generate(model="black-forest-labs/FLUX.1-dev", prompt="x"),
+        client.audio.speech.create(model="FunAudioLLM/CosyVoice2-0.5B", voice="alloy", input="x"),
+    ):
+        with pytest.raises(openai.PermissionDeniedError):
+            await call
+    assert fake.requests == []  # no key was spent on any of them
+    async with aiohttp.ClientSession() as http:
+        headers = {"Authorization": "Bearer free-token"}
+        async with http.post(f"{proxy.base}/v1/audio/transcriptions", data=b"\x00", headers=headers) as resp:
+            assert resp.status == 403  # no model to read: refused, never a guess
+        async with http.get(f"{proxy.base}/v1/user/info", headers=headers) as resp:
+            assert resp.status == 403
+    assert fake.requests == []
+    assert {m.id for m in (await client.models.list()).data}  # the model list costs nothing
+    await client.chat.completions.create(model=FREE_CHAT, messages=MESSAGES)
+    assert fake.requests[-1].key == zero
+    rows = await proxy.calls()
+    assert [r["status"] for r in rows].count(403) == 6 and all(r["caller"] == "free" for r in rows)
 
 
 async def test_free_models_try_zero_balance_keys_first_then_paid(proxy: Running, fake: FakeUpstream) -> None:
@@ -306,3 +330,13 @@ async def test_browser_requests_get_cors_headers(
         assert resp.headers["Access-Control-Allow-Origin"] == "*"
     async with http.get(f"{proxy.base}/v1/models") as resp:
         assert "Access-Control-Allow-Origin" not in resp.headers
+
+
+async def test_an_absurd_model_id_is_refused_before_any_key(proxy: Running, fake: FakeUpstream) -> None:
+    await proxy.add_keys(*((s, 5.0) for s in paid_keys(fake, 1)))
+    with pytest.raises(openai.BadRequestError) as caught:
+        await proxy.openai().chat.completions.create(model="m" * 257, messages=MESSAGES)
+    assert caught.value.body["code"] == "model_too_long"  # type: ignore[index]
+    assert fake.requests == []
+    [row] = await proxy.calls()
+    assert row["status"] == 400 and row["model"] is None
