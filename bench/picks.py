@@ -21,11 +21,12 @@ import random
 import sys
 import time
 import tracemalloc
-from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from tables import table  # noqa: E402  (bench/tables.py, beside this file)
 
 from silicon_pool.keys import Key  # noqa: E402
 from silicon_pool.pool import PAID, KeyPool  # noqa: E402
@@ -40,8 +41,6 @@ STATES = (
     ("99 % rest for M, pick N", 0.99, "N"),
     ("50 % rest for M, pick M", 0.5, "M"),
 )
-
-Printer = Callable[[str, list[str], list[list[str]]], None]
 
 
 def build(strategy: str, keys: int, accounts: bool) -> KeyPool:
@@ -166,19 +165,10 @@ def measure(keys: int, picks: int, strategies: tuple[str, ...] = STRATEGIES) -> 
     ]
 
 
-def report(table: Printer, *, keys: int = 100_000, picks: int = 200_000) -> None:
-    """Print the tables with `table` (bench/run.py's)."""
+def report(*, keys: int = 100_000, picks: int = 200_000) -> None:
+    """Print the tables (bench/run.py calls this after its own scenarios)."""
     for title, header, rows in measure(keys, picks):
         table(title, header, rows)
-
-
-def table(title: str, header: list[str], rows: list[list[str]]) -> None:
-    """A Markdown table, as bench/run.py prints them (run.py passes its own to `report`)."""
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    print(f"\n### {title}\n")
-    for row in [header, ["-" * w for w in widths], *rows]:
-        print("| " + " | ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)) + " |")
-    sys.stdout.flush()
 
 
 def main() -> None:

@@ -34,7 +34,8 @@ import orjson
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from picks import report as pick_report  # noqa: E402  (bench/picks.py, beside this file)
+from picks import report as pick_report  # noqa: E402  (bench/picks.py)
+from tables import table  # noqa: E402  (bench/tables.py, beside this file)
 
 from silicon_pool.crypto import Secrets, ensure_private_dir  # noqa: E402
 from silicon_pool.keys import Key  # noqa: E402
@@ -303,16 +304,6 @@ async def set_strategy(base: str, strategy: str) -> None:
 # -- the run -----------------------------------------------------------------------------------
 
 
-def table(title: str, header: list[str], rows: list[list[str]]) -> None:
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    print(f"\n### {title}\n")
-    print("| " + " | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)) + " |")
-    print("| " + " | ".join("-" * w for w in widths) + " |")
-    for row in rows:
-        print("| " + " | ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)) + " |")
-    sys.stdout.flush()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=int, default=8, help="seconds of each load phase (default 8)")
@@ -452,7 +443,7 @@ def main() -> None:
         bare.stop()
         upstream.stop()
         shutil.rmtree(work, ignore_errors=True)
-    pick_report(table, keys=args.keys)  # in-process: the pick cost with keys resting for a model
+    pick_report(keys=args.keys)  # in-process: the pick cost with keys resting for a model
 
 
 if __name__ == "__main__":
