@@ -74,14 +74,15 @@ def rest_until(kind: str, now: float, *, day_zone: tzinfo, cooldown: float, jitt
     """When a pair that met `kind` at `now` may serve again.
 
     Per-minute kinds rest to the next full minute (at least MIN_REST, plus `jitter` so a pool does
-    not wake all at once), per-hour to the next full hour, per-day to midnight in `day_zone`;
+    not wake all at once), per-hour to the next full hour (of UTC, so no DST shift stretches it),
+    per-day to midnight in `day_zone`;
     anything else (an unnamed 429, a busy or timed-out upstream) for `cooldown` seconds."""
     period = kind[-1] if kind in KINDS else ""
     if period == "M":
         return max(math.floor(now / 60 + 1) * 60, now + MIN_REST) + jitter
+    if period == "H":  # the hour turns at once everywhere that matters (UTC+8 has no DST)
+        return math.floor(now / 3600 + 1) * 3600
     local = datetime.fromtimestamp(now, day_zone)
-    if period == "H":
-        return (local.replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)).timestamp()
     if period == "D":
         tomorrow = local.date() + timedelta(days=1)
         return datetime(tomorrow.year, tomorrow.month, tomorrow.day, tzinfo=day_zone).timestamp()

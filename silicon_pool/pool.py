@@ -6,13 +6,15 @@ Keys fall in two tiers: PAID (balance > 0 or unknown) serves normal requests, FR
 rests the whole key) or at its concurrency cap sits in no index, so a pick never skips it.
 
 Rate limits belong to an account and a model (limits.py). A rest keeps one (key, model) pair,
-or every key of one account for one model, out of that model's picks only. The first rest for
-a model opens a view of it: per tier, an index of the same strategy holding the tier's keys
-minus those resting for the model. Picks for that model use the view, every other model the
-tier's own index, so no pick walks past resting keys however many rest, and a view closes
-when its model's last rest ends. Every change to a stored field is reported through
-`on_change`, and every new rest through `on_rest`, for the background writer: the pool
-itself never does I/O.
+or every key of one account for one model, out of that model's picks only. While few keys rest
+for a model (fewer than VIEW_AT), its picks set those few aside; once more do, the model gets a
+view: per tier, an index of the same strategy holding the tier's keys minus those resting for
+it. Picks for that model use the view, every other model the tier's own index, so no pick walks
+past more than a few resting keys however many rest; a view closes when its model's last rest
+ends. At most MAX_VIEWS views exist (each holds a copy of the tier's bookkeeping); past that, a
+model's picks set aside at most SKIP_LIMIT resting keys before they give up. Every change to a
+stored field is reported through `on_change`, and every new rest through `on_rest`, for the
+background writer: the pool itself never does I/O.
 """
 
 from __future__ import annotations
@@ -29,6 +31,10 @@ from .selection import STRATEGIES, Index, make_index
 
 PAID, FREE = 0, 1
 ACCOUNT, KEY = "account", "key"
+
+VIEW_AT = 32  # keys resting for one model before it gets a view of its own
+MAX_VIEWS = 32
+SKIP_LIMIT = 64  # resting keys a pick without a view sets aside at most
 
 Owner = tuple[str, int | str]  # (ACCOUNT, account id) or (KEY, key id): who a rest holds back
 Tiers = tuple[Index, Index]
@@ -176,7 +182,8 @@ class KeyPool:
             key.tier = None
             self._place(key)
         for model in self._rests:
-            self._views[model] = self._open_view(model)
+            if len(self._views) < MAX_VIEWS and self._held_for(model) >= VIEW_AT:
+                self._views[model] = self._open_view(model)
 
     def set_max_inflight(self, cap: int) -> None:
         self.max_inflight = cap
@@ -207,6 +214,7 @@ class KeyPool:
             key.tier = tier
             if tier is not None:
                 self._indexes[tier].add(key)
+                self._wake()  # enabled, imported, refunded or back from its cap: waiters look again
         elif tier is not None:  # same tier, but the balance (say) may have moved it within the index
             self._indexes[tier].rescore(key)
         for model, view in self._views.items():
@@ -227,11 +235,12 @@ class KeyPool:
         if self._cooling[PAID] or self._cooling[FREE] or (ends and ends[0][0] <= self.clock()):
             self.revive()
         indexes = self._views.get(model, self._indexes) if self._views else self._indexes
+        sparse = indexes is self._indexes and model in self._rests  # few rest for it: set them aside
         for tier in tiers:
             index = indexes[tier]
             key = index.pick()
-            if key is not None and key.id in exclude:
-                key = self._pick_excluding(index, exclude)
+            if key is not None and (key.id in exclude or (sparse and self.rests_for(key, model))):
+                key = self._pick_skipping(index, exclude, model if sparse else None)
             if key is not None:
                 key.inflight += 1
                 key.usage_count += 1
@@ -263,12 +272,16 @@ class KeyPool:
             if key in view[tier]:
                 view[tier].rescore(key)
 
-    @staticmethod
-    def _pick_excluding(index: Index, exclude: tuple[int, ...]) -> Key | None:
-        """Set the excluded keys aside while picking; only failover within one request gets here."""
+    def _pick_skipping(self, index: Index, exclude: tuple[int, ...], resting_for: str | None) -> Key | None:
+        """Set aside, while picking, the keys this request tried and (for a model without a view)
+        those resting for it: a few at most, SKIP_LIMIT at the very most."""
         held: list[Key] = []
         try:
-            while (key := index.pick()) is not None and key.id in exclude:
+            while (key := index.pick()) is not None and (
+                key.id in exclude or (resting_for is not None and self.rests_for(key, resting_for))
+            ):
+                if len(held) >= SKIP_LIMIT + len(exclude):
+                    return None
                 index.discard(key)
                 held.append(key)
             return key
@@ -328,7 +341,8 @@ class KeyPool:
         heapq.heappush(self._rest_ends, (until, model, owner))
         view = self._views.get(model)
         if view is None:
-            self._views[model] = self._open_view(model)
+            if len(self._views) < MAX_VIEWS and self._held_for(model) >= VIEW_AT:
+                self._views[model] = self._open_view(model)
         else:
             for held in self._owned(owner):
                 if held.tier is not None and held in view[held.tier]:
@@ -337,6 +351,15 @@ class KeyPool:
                 self._views[model] = self._open_view(model)  # compact: dicts never shrink by themselves
         self._on_rest(rest)
         return rest
+
+    def _held_for(self, model: str, enough: int = VIEW_AT) -> int:
+        """Keys resting for `model`, counted up to `enough` (a view is only worth it past that)."""
+        held: set[int] = set()
+        for owner in self._rests[model].by_owner:
+            held |= self._owned_ids(owner)
+            if len(held) >= enough:
+                break
+        return len(held)
 
     def restore(self, rests: Iterable[Rest]) -> None:
         """Rests stored before a restart; those already over are dropped."""
@@ -348,7 +371,8 @@ class KeyPool:
                 heapq.heappush(rests_of.ends, (rest.until, rest.owner))
                 heapq.heappush(self._rest_ends, (rest.until, rest.model, rest.owner))
         for model in self._rests:
-            self._views[model] = self._open_view(model)
+            if len(self._views) < MAX_VIEWS and self._held_for(model) >= VIEW_AT:
+                self._views[model] = self._open_view(model)
 
     def clear_rests(self, key_id: int | None = None, model: str | None = None) -> list[Rest]:
         """End rests now: those of one key (its own and its account's), of one model, or all."""
@@ -407,10 +431,12 @@ class KeyPool:
         del rests.by_owner[rest.owner]
         if not rests.by_owner:  # the model's last rest: its view closes, picks go back to the tier indexes
             del self._rests[rest.model]
-            del self._views[rest.model]
-            del self._view_sizes[rest.model]
+            self._views.pop(rest.model, None)
+            self._view_sizes.pop(rest.model, None)
             return
-        view = self._views[rest.model]
+        view = self._views.get(rest.model)
+        if view is None:
+            return
         for key in self._owned(rest.owner):
             if key.tier is not None and key not in view[key.tier] and not self.rests_for(key, rest.model):
                 view[key.tier].add(key)
@@ -468,6 +494,15 @@ class KeyPool:
                 return until
             heapq.heappop(heap)  # stale: `_place` enters the key again if it still rests
         return None
+
+    def _all_resting(self, tiers: tuple[int, ...], model: str) -> bool:
+        """Whether every key in the indexes of `tiers` rests for `model` (an empty tier counts)."""
+        view = self._views.get(model)
+        if view is not None:
+            return not any(len(view[t]) for t in tiers)
+        if sum(len(self._indexes[t]) for t in tiers) > SKIP_LIMIT:
+            return True  # no view to hold them: a pick that found none gave up after SKIP_LIMIT resting keys
+        return all(self.rests_for(k, model) for t in tiers for k in self._indexes[t])
 
     def _held_out(self, tiers: tuple[int, ...]) -> Iterable[Key]:
         """Keys of `tiers` out of every index for now only: cooling down, or at their cap."""
@@ -528,8 +563,8 @@ class KeyPool:
         if not self.keys:
             return Unavailable("No API keys in the pool: import some in the admin (池中没有 Key，请先导入)", None)
         self.revive()
-        rests, view = self._rests.get(model), self._views.get(model)
-        if rests is not None and view is not None and not any(len(view[t]) for t in tiers):
+        rests = self._rests.get(model)
+        if rests is not None and self._all_resting(tiers, model):
             out = list(self._held_out(tiers))  # cooling or at their cap: back soon, unless they rest too
             serving = any(len(self._indexes[t]) for t in tiers) or out
             earliest = rests.earliest()

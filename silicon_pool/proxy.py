@@ -148,17 +148,18 @@ def _header(answer: Answer, name: str) -> str | None:
 
 
 class _Turns:
-    """Per model, one waiter at a time, in arrival order (asyncio.Lock is fair); idle locks are dropped."""
+    """Per (model, tiers), one waiter at a time, in arrival order (asyncio.Lock is fair): waiters
+    compete only with those who could take the same keys. Idle locks are dropped."""
 
     def __init__(self) -> None:
-        self._locks: dict[str, tuple[asyncio.Lock, list[int]]] = {}
+        self._locks: dict[tuple[str, tuple[int, ...]], tuple[asyncio.Lock, list[int]]] = {}
 
-    def queued(self, model: str) -> bool:
-        return model in self._locks
+    def queued(self, wanted: tuple[str, tuple[int, ...]]) -> bool:
+        return wanted in self._locks
 
     @contextlib.asynccontextmanager
-    async def take(self, model: str) -> AsyncIterator[None]:
-        lock, users = self._locks.setdefault(model, (asyncio.Lock(), [0]))
+    async def take(self, wanted: tuple[str, tuple[int, ...]]) -> AsyncIterator[None]:
+        lock, users = self._locks.setdefault(wanted, (asyncio.Lock(), [0]))
         users[0] += 1
         try:
             async with lock:
@@ -166,7 +167,7 @@ class _Turns:
         finally:
             users[0] -= 1
             if not users[0]:
-                del self._locks[model]
+                del self._locks[wanted]
 
 
 class BadAnswer(Exception):
@@ -371,7 +372,7 @@ class Proxy:
         while len(call.tried) < settings.max_attempts:
             waits = settings.wait_for_key_seconds > 0
             # While others wait for this model, a newcomer queues behind them: first come, first served.
-            key = None if waits and self._turns.queued(model) else pool.acquire(tiers, model, call.tried)
+            key = None if waits and self._turns.queued((model, tiers)) else pool.acquire(tiers, model, call.tried)
             if key is None and waits:
                 loop = asyncio.get_running_loop()
                 deadline = deadline or loop.time() + settings.wait_for_key_seconds
@@ -455,8 +456,8 @@ class Proxy:
         settings, pool = self.settings, self.pool
         now = pool.clock()
         asked = retry_after(_header(upstream, "retry-after"), now)
-        if asked is not None:
-            until = now + asked
+        if asked is not None:  # at least a second: "0" or a date past would send the next request straight back
+            until = now + max(asked, 1.0)
         else:
             until = rest_until(
                 kind,
@@ -476,7 +477,7 @@ class Proxy:
         pool, loop = self.pool, asyncio.get_running_loop()
         key: Key | None = None
         try:
-            async with asyncio.timeout_at(deadline), self._turns.take(model):  # the turn too is within the budget
+            async with asyncio.timeout_at(deadline), self._turns.take((model, tiers)):  # the turn is in the budget too
                 while (key := pool.acquire(tiers, model)) is None:
                     chance = pool.next_chance(tiers, model)
                     if chance is None or chance > deadline - loop.time():

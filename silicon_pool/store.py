@@ -77,6 +77,8 @@ _UPSERT_REST = (
     " ON CONFLICT (scope, owner, model) DO UPDATE SET kind = excluded.kind, until = excluded.until"
 )
 LONG_REST = 60.0  # seconds: rests ending later than this are stored (an hour's or a day's limit)
+MAX_REST_AHEAD = 3 * 86400.0  # a stored rest ending later than this was not written by this project
+MAX_REST_TEXT = 256
 _LOAD_KEYS = f"SELECT id, key_enc, {', '.join(COLUMN_NAMES)} FROM keys"
 _INSERT_KEY = (
     f"INSERT OR IGNORE INTO keys (key_hash, key_enc, {', '.join(COLUMN_NAMES)})"
@@ -135,6 +137,21 @@ def _key_row(key: Key) -> tuple[Any, ...]:
     key.save_queued = False  # first: a change made while the row is read queues the key again
     row: tuple[Any, ...] = _UPDATED_ROW(key)
     return row
+
+
+def _rest_from_row(row: tuple[Any, ...], now: float) -> Rest | None:
+    """A stored rest, or None for a row no release wrote: junk costs that row only."""
+    scope, owner, model, kind, until = row
+    if not isinstance(model, str) or not isinstance(kind, str) or len(model) > MAX_REST_TEXT or len(kind) > 16:
+        return None
+    if not isinstance(until, int | float) or not now < until <= now + MAX_REST_AHEAD:
+        return None
+    text = str(owner)
+    if scope == KEY and text.isascii() and text.isdigit() and len(text) <= 18:
+        return Rest(model, (KEY, int(text)), kind, float(until))
+    if scope == ACCOUNT and isinstance(owner, str) and 0 < len(owner) <= MAX_REST_TEXT:
+        return Rest(model, (ACCOUNT, owner), kind, float(until))
+    return None
 
 
 class Store:
@@ -304,11 +321,10 @@ class Store:
             now = time.time()
             conn.execute("DELETE FROM rests WHERE until <= ?", (now,))
             rests = []
-            for scope, owner, model, kind, until in conn.execute("SELECT scope, owner, model, kind, until FROM rests"):
-                if scope == KEY and str(owner).isdigit():
-                    rests.append(Rest(str(model), (KEY, int(owner)), str(kind), float(until)))
-                elif scope == ACCOUNT and owner:
-                    rests.append(Rest(str(model), (ACCOUNT, str(owner)), str(kind), float(until)))
+            for row in conn.execute("SELECT scope, owner, model, kind, until FROM rests"):
+                rest = _rest_from_row(row, now)
+                if rest is not None:
+                    rests.append(rest)
             return rests
 
         return await self.write(load)

@@ -343,8 +343,8 @@ async def summary(request: web.Request) -> web.Response:
 async def clear_rests(request: web.Request) -> web.Response:
     """End rests now: of one key (`key_id`, its account's included), of one `model`, or all."""
     key_id = _int_param(request, "key_id", 0, 1, 2**63 - 1) or None
-    model = request.query.get("model")
-    if model is not None and not 0 < len(model) <= 256:
+    model = request.query.get("model")  # "" is the model-less requests' own (the model list, uploads)
+    if model is not None and len(model) > 256:
         raise ApiError(400, "model: must be a model id (at most 256 characters)")
     if key_id is not None and key_id not in request.app[POOL].keys:
         raise ApiError(404, "no such key (Key 不存在)")
