@@ -35,6 +35,7 @@ ACCOUNT, KEY = "account", "key"
 VIEW_AT = 32  # keys resting for one model before it gets a view of its own
 MAX_VIEWS = 32
 SKIP_LIMIT = 64  # resting keys a pick without a view sets aside at most
+FIRST_SERVING_LOOKS = 64  # rests looked at for the first one that brings back a useful key
 
 Owner = tuple[str, int | str]  # (ACCOUNT, account id) or (KEY, key id): who a rest holds back
 Tiers = tuple[Index, Index]
@@ -448,7 +449,7 @@ class KeyPool:
         finishes a request), or None when nothing pending would bring one."""
         waits: list[float] = []
         rests = self._rests.get(model)
-        earliest = rests.earliest() if rests is not None else None
+        earliest = self._first_serving(rests, tiers) if rests is not None else None
         if earliest is not None:
             waits.append(earliest.until - self.clock())
         cools = [until for tier in tiers if (until := self._next_cool_end(tier)) is not None]
@@ -494,6 +495,26 @@ class KeyPool:
                 return until
             heapq.heappop(heap)  # stale: `_place` enters the key again if it still rests
         return None
+
+    def _first_serving(self, rests: _ModelRests, tiers: tuple[int, ...]) -> Rest | None:
+        """The rest, in order of their ends, that brings back a key able to serve `tiers` (a rest held
+        by disabled or zero-balance keys does not help a paid request). The heap is walked in order
+        without popping, FIRST_SERVING_LOOKS entries at most; past that, the model's earliest rest."""
+        heap, frontier = rests.ends, [(rests.ends[0], 0)] if rests.ends else []
+        for _ in range(FIRST_SERVING_LOOKS):
+            if not frontier:
+                return None
+            (until, owner), i = heapq.heappop(frontier)
+            rest = rests.by_owner.get(owner)
+            if rest is not None and rest.until == until and self._serves(owner, tiers):
+                return rest
+            for child in (2 * i + 1, 2 * i + 2):
+                if child < len(heap):
+                    heapq.heappush(frontier, (heap[child], child))
+        return rests.earliest()
+
+    def _serves(self, owner: Owner, tiers: tuple[int, ...]) -> bool:
+        return any(_servable(k) and _tier_of(k) in tiers for k in self._owned(owner))
 
     def _all_resting(self, tiers: tuple[int, ...], model: str) -> bool:
         """Whether every key in the indexes of `tiers` rests for `model` (an empty tier counts)."""
@@ -567,7 +588,7 @@ class KeyPool:
         if rests is not None and self._all_resting(tiers, model):
             out = list(self._held_out(tiers))  # cooling or at their cap: back soon, unless they rest too
             serving = any(len(self._indexes[t]) for t in tiers) or out
-            earliest = rests.earliest()
+            earliest = self._first_serving(rests, tiers)
             if serving and earliest is not None and all(self.rests_for(k, model) for k in out):
                 wait = max(1, math.ceil(earliest.until - self.clock()))
                 return Unavailable("", wait, 429, earliest)  # the proxy words it (it knows the zone)
