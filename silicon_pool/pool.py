@@ -91,8 +91,12 @@ class Unavailable:
 
     message: str
     retry_after: int | None
-    status: int = 503
     rest: Rest | None = None  # set when every key that could serve rests for the model
+
+    @property
+    def status(self) -> int:
+        """429 when every key that could serve rests for the model (the client should wait), else 503."""
+        return 429 if self.rest is not None else 503
 
 
 class KeyPool:
@@ -485,13 +489,7 @@ class KeyPool:
         while heap:
             until, key_id = heap[0]
             key = self.keys.get(key_id)
-            if (
-                key is not None
-                and key.cool_until == until
-                and key.enabled
-                and key.state != INVALID
-                and _tier_of(key) == tier
-            ):
+            if key is not None and key.cool_until == until and _servable(key) and _tier_of(key) == tier:
                 return until
             heapq.heappop(heap)  # stale: `_place` enters the key again if it still rests
         return None
@@ -591,7 +589,7 @@ class KeyPool:
             earliest = self._first_serving(rests, tiers)
             if serving and earliest is not None and all(self.rests_for(k, model) for k in out):
                 wait = max(1, math.ceil(earliest.until - self.clock()))
-                return Unavailable("", wait, 429, earliest)  # the proxy words it (it knows the zone)
+                return Unavailable("", wait, rest=earliest)  # the proxy words it (it knows the zone)
         waits = [until for tier in tiers if (until := self._next_cool_end(tier)) is not None]
         if waits:
             wait = max(1, math.ceil(min(waits) - time.monotonic()))
