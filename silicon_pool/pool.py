@@ -26,8 +26,9 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from .keys import ACTIVE, INVALID, Key
+from .keys import ACTIVE, INVALID, MAX_ERROR, Key
 from .selection import STRATEGIES, Index, make_index
+from .text import clean
 
 PAID, FREE = 0, 1
 ACCOUNT, KEY = "account", "key"
@@ -538,7 +539,7 @@ class KeyPool:
     def mark_invalid(self, key: Key, error: str) -> None:
         """The upstream said 401: keep the key, never pick it again until a refresh revives it."""
         key.state = INVALID
-        key.last_error = error
+        key.last_error = clean(error, MAX_ERROR)
         self._place(key)
         self._on_change(key)
 
@@ -554,20 +555,20 @@ class KeyPool:
         keys = {key, *self.by_account.get(key.account_id or "", ())}
         for each in keys:
             if each.balance is None or each.balance > 0:
-                each.last_error = error
+                each.last_error = clean(error, MAX_ERROR)
                 self.set_balance(each, 0.0, each.state)
         return list(keys)
 
     def cool(self, key: Key, seconds: float, error: str) -> None:
         """Rest the whole key for `seconds`: the network to it failed, or it refuses everything."""
-        key.last_error = error
+        key.last_error = clean(error, MAX_ERROR)
         if seconds > 0:
             key.cool_until = time.monotonic() + seconds
             self._place(key)
         self._on_change(key)
 
     def note_error(self, key: Key, error: str) -> None:
-        key.last_error = error
+        key.last_error = clean(error, MAX_ERROR)
         self._on_change(key)
 
     def set_enabled(self, key: Key, enabled: bool) -> None:

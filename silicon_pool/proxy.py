@@ -14,7 +14,9 @@ import hmac
 import logging
 import math
 import random
+import re
 import time
+import urllib.parse
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
@@ -23,7 +25,7 @@ from aiohttp import web
 
 from .hosts import HostCheck
 from .http1 import Answer, Http1Client, Target, UpstreamError, target
-from .keys import UNCHECKED, Key
+from .keys import MAX_ERROR, UNCHECKED, Key
 from .limits import (
     BUSY,
     GATEWAY_TIMEOUT,
@@ -37,8 +39,10 @@ from .limits import (
     retry_after,
 )
 from .pool import FREE, PAID, KeyPool, Rest
+from .redact import scrub, scrub_bytes
 from .settings import Settings
 from .store import CallRecord, Store
+from .text import MAX_LOGGED, clean
 from .upstream import DROP_FROM_CLIENT, DROP_FROM_UPSTREAM, Outcome, classify, describe, describe_exception
 from .usage import NO_USAGE, StreamUsage, Usage, image_usage, token_usage
 
@@ -50,6 +54,12 @@ CORS = {
     "Access-Control-Allow-Methods": "GET, POST, PUT, PATCH, DELETE, OPTIONS",
     "Access-Control-Max-Age": "86400",
 }
+# Whatever the upstream (or anything on the way) answers, a browser must never run it as a page
+# of the proxy's origin, where the admin's session could export every key.
+CONTAINED = {"Content-Security-Policy": "sandbox; default-src 'none'", "X-Content-Type-Options": "nosniff"}
+# Pages the proxy serves to without an api_token: the same machine's, on any port.
+LOOPBACK_ORIGIN = re.compile(r"https?://(localhost|[a-z0-9.-]+\.localhost|127(\.\d{1,3}){3}|\[::1\])(:\d{1,5})?", re.I)
+MAX_CACHED_ORIGINS = 64
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
@@ -71,6 +81,15 @@ ENDPOINTS = {
 OTHER = Endpoint(False, token_usage)
 
 UNKNOWN_HOST = "Unknown Host name: use an IP address or localhost, or start silicon-pool with --allowed-host NAME"
+FOREIGN_PAGE = (
+    "A web page of another machine or site may use the pool only once an api_token is set "
+    "(未设置 api_token 时，只有本机网页可以使用代理；请在设置中设置 api_token)"
+)
+ACCOUNT_INFO = (
+    "/v1/user/info is not served through the proxy: it would show the account of whichever pool key "
+    "answered; balances are in the admin (账户信息不经代理提供，余额请在管理页面查看)"
+)
+_HEADER_LIST = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+([ \t]*,[ \t]*[!#$%&'*+.^_`|~0-9A-Za-z-]+)*")
 ONLY_PAID, ONLY_FREE, FREE_FIRST = (PAID,), (FREE,), (FREE, PAID)
 MB = 1024 * 1024
 MAX_MODEL = 256  # characters of a model id: no real one comes near, and it is logged and rested on
@@ -83,7 +102,8 @@ def openai_error(
 ) -> web.Response:
     """An error in OpenAI's shape, which every client SDK knows how to show."""
     body = orjson.dumps({"error": {"message": message, "type": type_, "code": code}})
-    return web.Response(status=status, body=body, content_type="application/json", headers={**CORS, **(headers or {})})
+    reply_headers = {**CONTAINED, **headers} if headers else CONTAINED
+    return web.Response(status=status, body=body, content_type="application/json", headers=reply_headers)
 
 
 def media_type(raw: str | None) -> str:
@@ -142,6 +162,16 @@ class _Call:
         self.logged = False
 
 
+def _has_dot_segment(raw_path: str) -> bool:
+    """A `.` or `..` segment, written plainly or percent-encoded (`%2e`, `..%2f`): the upstream
+    or anything between might resolve it to another path, with a pool key attached."""
+    for segment in raw_path.split("/"):
+        for part in urllib.parse.unquote(segment, errors="replace").replace("\\", "/").split("/"):
+            if part in (".", ".."):
+                return True
+    return False
+
+
 def _header(answer: Answer, name: str) -> str | None:
     """One header of the upstream's answer (`name` in lower case)."""
     return next((v for k, v in answer.headers if k.lower() == name), None)
@@ -178,6 +208,7 @@ class RequestRejected(Exception):
     """The proxy refuses the request itself, before any key is spent."""
 
     def __init__(self, status: int, message: str, code: str, type_: str = "invalid_request_error") -> None:
+        message = clean(message, MAX_ERROR)
         super().__init__(message)
         self.status, self.message, self.code, self.type = status, message, code, type_
 
@@ -190,6 +221,7 @@ class Proxy:
         self._targets: dict[str, Target] = {}
         self._targets_base = settings.upstream
         self._turns = _Turns()
+        self._origins: dict[str, bool] = {}  # Origin header → a loopback page's
 
     def _target(self, path_qs: str) -> Target:
         """Where a `/v1/...` path goes upstream; the few paths clients use are parsed once per upstream."""
@@ -206,14 +238,22 @@ class Proxy:
     # -- entry point --------------------------------------------------------------------------
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
-        """Admit the request, forward it, and log it exactly once, whatever happens."""
+        """Answer the request; browsers get CORS headers when their page may use the pool."""
+        origin = request.headers.get("Origin")
         if request.method == "OPTIONS":
-            return self._preflight(request)
+            return self._preflight(request, origin)
+        response = await self._serve(request, origin)
+        if origin is not None and not response.prepared and self._origin_allowed(origin, request):
+            response.headers.update(CORS)
+        return response
+
+    async def _serve(self, request: web.BaseRequest, origin: str | None) -> web.StreamResponse:
+        """Admit the request, forward it, and log it exactly once, whatever happens."""
         call = _Call(request.path[4:], time.monotonic())  # the path after "/v1/"
         try:
             endpoint = ENDPOINTS.get(call.path, OTHER)
             try:
-                self._admit(request, call, endpoint)
+                self._admit(request, call, endpoint, origin)
                 body = self._body_if_here(request)
                 if body is None:
                     body = await self._read_body(request)
@@ -234,15 +274,22 @@ class Proxy:
                 self._log(call, 500, call.key, error="internal proxy error")
             return openai_error(500, "Internal proxy error (代理内部错误)", "server_error", "internal_error")
 
-    def _admit(self, request: web.BaseRequest, call: _Call, endpoint: Endpoint) -> None:
-        """Host, token and content type: refused here, a request costs no key."""
+    def _admit(self, request: web.BaseRequest, call: _Call, endpoint: Endpoint, origin: str | None) -> None:
+        """Host, origin, path, token and content type: refused here, a request costs no key."""
         headers = request.headers
         if not self.hosts(headers.get("Host")):
             raise RequestRejected(403, UNKNOWN_HOST, "unknown_host")
+        if origin is not None and not self._origin_allowed(origin, request):
+            raise RequestRejected(403, FOREIGN_PAGE, "origin_not_allowed", "permission_error")
         caller = self._caller(headers.get("Authorization"))
         if caller is None:
             raise RequestRejected(401, "Invalid API token: send the proxy's api_token as Bearer", "invalid_api_key")
         call.caller = caller
+        raw_path = request.rel_url.raw_path
+        if ("." in raw_path or "%" in raw_path) and _has_dot_segment(raw_path):
+            raise RequestRejected(400, "A path with . or .. segments is not forwarded", "invalid_path")
+        if call.path[:1] in ("u", "U") and call.path.partition("/")[0].lower() == "user":
+            raise RequestRejected(404, ACCOUNT_INFO, "not_found")
         if endpoint.json_body and request.method == "POST" and not _is_json(request):
             raise RequestRejected(415, "Content-Type must be application/json", "unsupported_media_type")
 
@@ -351,10 +398,29 @@ class Proxy:
             raise RequestRejected(400, "The request needs a model (a model id string)", "model_required")
         call.stream = payload.get("stream") is True
 
-    @staticmethod
-    def _preflight(request: web.BaseRequest) -> web.Response:
+    def _origin_allowed(self, origin: str, request: web.BaseRequest) -> bool:
+        """Any page once an api_token guards the pool; without one, pages of this machine and the
+        proxy's own only: any site the user visits could otherwise spend the keys."""
+        if self.settings.api_token:
+            return True
+        allowed = self._origins.get(origin)
+        if allowed is None:
+            allowed = LOOPBACK_ORIGIN.fullmatch(origin) is not None
+            if len(self._origins) < MAX_CACHED_ORIGINS:
+                self._origins[origin] = allowed
+        return allowed or origin.partition("://")[2] == request.host
+
+    def _preflight(self, request: web.BaseRequest, origin: str | None) -> web.Response:
+        """A browser asks before sending: yes for pages that may use the pool, no CORS headers otherwise."""
+        if not self.hosts(request.headers.get("Host")):
+            return openai_error(403, UNKNOWN_HOST, "invalid_request_error", "unknown_host")
+        if origin is not None and not self._origin_allowed(origin, request):
+            return openai_error(403, FOREIGN_PAGE, "permission_error", "origin_not_allowed")
         headers = dict(CORS)
-        headers["Access-Control-Allow-Headers"] = request.headers.get("Access-Control-Request-Headers", "*")
+        asked = request.headers.get("Access-Control-Request-Headers", "")
+        headers["Access-Control-Allow-Headers"] = asked if _HEADER_LIST.fullmatch(asked) else "*, Authorization"
+        if "Access-Control-Request-Private-Network" in request.headers:  # a page on the internet calling this machine
+            headers["Access-Control-Allow-Private-Network"] = "true"
         return web.Response(status=204, headers=headers)
 
     # -- forwarding with failover -------------------------------------------------------------
@@ -409,7 +475,7 @@ class Proxy:
                     # The request is wrong (or asks a zero-balance key for a paid model): no key would help.
                     self._log(call, upstream.status, key, error=describe(upstream.status, answer))
                     return web.Response(
-                        status=upstream.status, body=answer, headers=self._reply_headers(upstream, request)
+                        status=upstream.status, body=scrub_bytes(answer), headers=self._reply_headers(upstream, request)
                     )
                 failures.append(describe(upstream.status, answer))
                 cooled |= self._penalise(key, call, outcome, upstream, answer, failures[-1])
@@ -541,8 +607,14 @@ class Proxy:
 
     @staticmethod
     def _reply_headers(upstream: Answer, request: web.BaseRequest) -> dict[str, str]:
-        """The upstream's headers minus hop-by-hop ones; CORS only for browsers (they send Origin)."""
-        headers = {k: v for k, v in upstream.headers if k.lower() not in DROP_FROM_UPSTREAM}
+        """The upstream's headers minus hop-by-hop ones, with no key echoed back whole, contained
+        so no browser runs them as a page; CORS only for browsers (they send Origin, admitted by now)."""
+        headers = {
+            k: scrub(v) if "sk-" in v or "earer" in v or "EARER" in v else v
+            for k, v in upstream.headers
+            if k.lower() not in DROP_FROM_UPSTREAM
+        }
+        headers.update(CONTAINED)
         if "Origin" in request.headers:
             headers.update(CORS)
         return headers
@@ -558,7 +630,8 @@ class Proxy:
             self._log(call, upstream.status, key, time.monotonic(), endpoint.usage(answer))
             return web.Response(status=upstream.status, body=answer, headers=self._reply_headers(upstream, request))
         if endpoint.json_body and content_type != "text/event-stream":
-            raise BadAnswer(f"upstream answered HTTP {upstream.status} with {content_type} instead of JSON")
+            shown = clean(content_type, 100)
+            raise BadAnswer(f"upstream answered HTTP {upstream.status} with {shown} instead of JSON")
         return await self._relay_stream(request, upstream, key, call, content_type == "text/event-stream")
 
     async def _relay_stream(
@@ -642,8 +715,8 @@ class Proxy:
         self.store.log_call(
             CallRecord(
                 time.time(),
-                call.path,
-                call.model,
+                clean(call.path, MAX_LOGGED),
+                clean(call.model, MAX_LOGGED) if call.model is not None else None,
                 key.id if key is not None else None,
                 status,
                 len(call.tried),
@@ -655,7 +728,7 @@ class Proxy:
                 usage.images,
                 call.stream,
                 call.caller,
-                error,
+                clean(error, MAX_ERROR) if error is not None else None,
                 ",".join(dict.fromkeys(r.kind for r in call.limited)) if call.limited else None,
             )
         )

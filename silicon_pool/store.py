@@ -29,6 +29,7 @@ from .crypto import Secrets
 from .keys import COLUMN_NAMES, STORED, UPDATED, Key, from_row
 from .pool import ACCOUNT, KEY, Rest
 from .schema import check_version, upgrade
+from .text import clean
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -151,6 +152,49 @@ def _rest_from_row(row: tuple[Any, ...], now: float) -> Rest | None:
         return Rest(model, (KEY, int(text)), kind, float(until))
     if scope == ACCOUNT and isinstance(owner, str) and 0 < len(owner) <= MAX_REST_TEXT:
         return Rest(model, (ACCOUNT, owner), kind, float(until))
+    return None
+
+
+def _json_rows(rows: list[tuple[Any, ...]], what: str) -> bytes:
+    """Rows as one JSON array for `json_each`. A row that cannot be written as JSON (text with
+    bytes that are not UTF-8, a number out of range) has its text cleaned or, failing that, is set
+    aside: one bad row never costs the others."""
+    try:
+        return orjson.dumps(rows)
+    except TypeError:
+        pass
+    good, dropped = [], 0
+    for row in rows:
+        fixed = tuple(clean(v, len(v)) if isinstance(v, str) else v for v in row)
+        try:
+            orjson.dumps(fixed)
+        except TypeError:
+            dropped += 1
+        else:
+            good.append(fixed)
+    if dropped:
+        log.error("%d %s(s) could not be written as JSON and were set aside", dropped, what)
+    return orjson.dumps(good)
+
+
+def _insert_calls(conn: sqlite3.Connection, rows: bytes) -> None:
+    """Call-log rows, and the hourly totals summed from them in the same transaction."""
+    last_id = conn.execute("SELECT COALESCE(MAX(id), 0) FROM calls").fetchone()[0]
+    conn.execute(_INSERT_CALLS, (rows,))
+    conn.execute(_UPSERT_HOURLY, (last_id,))
+
+
+def _commit(conn: sqlite3.Connection, steps: list[Callable[[], object]]) -> Exception | None:
+    """Run `steps` in one transaction; what went wrong, if anything (then nothing of it is kept)."""
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        for step in steps:
+            step()
+        conn.execute("COMMIT")
+    except Exception as exc:  # the writer must outlive any bad batch (a full disk, an absurd value)
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        return exc
     return None
 
 
@@ -383,23 +427,28 @@ class Store:
 
     @staticmethod
     def _flush(conn: sqlite3.Connection, keys: dict[int, Key], calls: list[CallRecord], rests: list[Rest]) -> None:
+        """Commit the batch in one transaction; should that fail, each part in its own, so a
+        change the admin was told is saved never waits on a call-log row (or a full disk's luck)."""
         if not keys and not calls and not rests:
             return
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            if rests:
-                conn.executemany(_UPSERT_REST, [(r.owner[0], str(r.owner[1]), r.model, r.kind, r.until) for r in rests])
-            if keys:
-                conn.execute(_UPDATE_KEYS, (orjson.dumps([_key_row(k) for k in keys.values()]),))
-            if calls:
-                last_id = conn.execute("SELECT COALESCE(MAX(id), 0) FROM calls").fetchone()[0]
-                conn.execute(_INSERT_CALLS, (orjson.dumps(list(map(tuple, calls))),))
-                conn.execute(_UPSERT_HOURLY, (last_id,))
-            conn.execute("COMMIT")
-        except Exception:  # the writer must outlive any bad batch (a full disk, an absurd value)
-            log.exception("could not save %d key updates and %d call-log rows", len(keys), len(calls))
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
+        parts: list[tuple[str, Callable[[], object]]] = []
+        if rests:
+            rest_rows = [(r.owner[0], str(r.owner[1]), r.model, r.kind, r.until) for r in rests]
+            parts.append(("rests", lambda: conn.executemany(_UPSERT_REST, rest_rows)))
+        if keys:
+            key_rows = _json_rows([_key_row(k) for k in keys.values()], "key update")
+            parts.append(("key updates", lambda: conn.execute(_UPDATE_KEYS, (key_rows,))))
+        if calls:
+            call_rows = _json_rows(list(map(tuple, calls)), "call-log row")
+            parts.append(("call-log rows", lambda: _insert_calls(conn, call_rows)))
+        failed = _commit(conn, [run for _, run in parts])
+        if failed is None:
+            return
+        log.error("could not save %d key updates and %d call-log rows together: %r", len(keys), len(calls), failed)
+        for what, run in parts:
+            failed = _commit(conn, [run])
+            if failed is not None:
+                log.error("could not save the %s of this batch: %r", what, failed)
 
     @staticmethod
     def _run_job(conn: sqlite3.Connection, job: _Job) -> None:

@@ -9,6 +9,7 @@ import aiohttp
 import orjson
 
 from .redact import scrub
+from .text import clean
 
 # Headers that describe one hop, not the message (RFC 9110 §7.6.1), plus those the proxy owns:
 # the key goes in Authorization, the proxy frames the body and picks the encoding (gzip, undone
@@ -94,10 +95,10 @@ def describe(status: int, body: bytes) -> str:
                 text = message
         elif isinstance(answer, str):
             text = answer
-    return scrub(f"HTTP {status}: {text.strip()[:200]}")
+    return scrub(clean(f"HTTP {status}: {text.strip()}", 200))
 
 
 def describe_exception(exc: BaseException) -> str:
     if isinstance(exc, TimeoutError):
         return "upstream timed out"
-    return scrub(f"upstream connection failed: {type(exc).__name__}: {exc}"[:200])
+    return scrub(clean(f"upstream connection failed: {type(exc).__name__}: {exc}", 200))

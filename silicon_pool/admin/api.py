@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import secrets
+import sqlite3
 import time
 from datetime import date, datetime
 from typing import Any
@@ -416,7 +417,13 @@ async def get_logs(request: web.Request) -> web.Response:
 
 
 async def clear_logs(request: web.Request) -> web.Response:
-    deleted = await request.app[STORE].write(lambda c: c.execute("DELETE FROM calls").rowcount)
+    """The call log and the hourly totals summed from it: what a client sent is gone from the stats too."""
+
+    def clear(conn: sqlite3.Connection) -> int:
+        conn.execute("DELETE FROM usage_hourly")
+        return conn.execute("DELETE FROM calls").rowcount
+
+    deleted = await request.app[STORE].write(clear)
     return dumps({"deleted": deleted})
 
 

@@ -150,7 +150,10 @@ TEXT: dict[str, tuple[str, str]] = {
     "logs.since": ("开始日期", "From"),
     "logs.until": ("结束日期", "Until"),
     "logs.clear": ("清空日志", "Clear logs"),
-    "logs.confirm_clear": ("确定清空全部日志？", "Clear the whole call log?"),
+    "logs.confirm_clear": (
+        "确定清空全部日志？统计中的用量也会一并清空。",
+        "Clear the whole call log? The usage totals in the stats are cleared too.",
+    ),
     "logs.col.time": ("时间", "Time"),
     "logs.col.key": ("Key", "Key"),
     "logs.col.tokens": ("tokens（输入/输出）", "Tokens (in/out)"),
