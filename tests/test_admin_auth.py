@@ -107,6 +107,41 @@ def test_throttle_backs_off_and_forgets() -> None:
     assert throttle.wait("a") == 0
 
 
+def _lock(throttle: LoginThrottle, client: str) -> None:
+    for _ in range(LoginThrottle.FREE_TRIES + 1):
+        throttle.failed(client)
+
+
+def test_throttle_forgets_the_stalest_address_first() -> None:
+    """A locked address that keeps trying is not flushed out by a crowd of addresses that came after its first try."""
+    throttle = LoginThrottle()
+    _lock(throttle, "192.0.2.1")
+    crowd = [f"198.51.{i // 256}.{i % 256}" for i in range(LoginThrottle.MAX_ADDRESSES)]
+    for client in crowd[:-1]:
+        throttle.failed(client)
+    throttle.failed("192.0.2.1")  # tried again once its wait was over
+    throttle.failed(crowd[-1])  # one too many: the stalest goes
+    assert throttle.wait("192.0.2.1") > 0
+    assert throttle.wait(crowd[0]) == 0 and throttle.wait(crowd[1]) == 0  # forgotten, then a first try
+
+
+@pytest.mark.parametrize(
+    ("locked", "same", "other"),
+    [
+        ("2001:db8:1:2::1", "2001:db8:1:2:ffff:ffff:ffff:ffff", "2001:db8:1:3::1"),
+        ("::ffff:192.0.2.7", "192.0.2.7", "192.0.2.8"),
+        ("192.0.2.7", "::ffff:192.0.2.7", "::ffff:192.0.2.8"),
+    ],
+)
+def test_throttle_counts_an_ipv6_network_as_one_client(locked: str, same: str, other: str) -> None:
+    """A /64 is one subscriber's; an IPv4-mapped address is the IPv4 one."""
+    throttle = LoginThrottle()
+    _lock(throttle, locked)
+    assert throttle.wait(same) > 0 and throttle.wait(other) == 0
+    throttle.succeeded(same)
+    assert throttle.wait(locked) == 0
+
+
 async def test_session_survives_a_restart(start_proxy: StartProxy) -> None:
     first = await start_proxy()
     client = await login(first.base)

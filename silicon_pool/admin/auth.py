@@ -10,10 +10,12 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import ipaddress
 import os
 import secrets
 import sqlite3
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -147,18 +149,37 @@ def same_origin(request: web.Request) -> bool:
 # -- login throttling ---------------------------------------------------------------------------
 
 
+def client_of(address: str) -> str:
+    """Who a login attempt is counted against: an IPv4 address (mapped into IPv6 or not), or an
+    IPv6 /64, which one subscriber gets whole and can try from address by address."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address  # not an IP (a Unix socket, "unknown"): counted as given
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((int(ip) >> 64 << 64, 64)))
+    return str(ip)
+
+
 class LoginThrottle:
-    """After FREE_TRIES wrong passwords from one address, each further try waits twice as long."""
+    """After FREE_TRIES wrong passwords from one client (`client_of`), each further try waits twice as long.
+
+    At most MAX_ADDRESSES clients are remembered; past that the one whose last failure is oldest
+    is forgotten, so a crowd of fresh addresses cannot flush out one that is still trying."""
 
     FREE_TRIES = 5
     FORGET_SECONDS = 900
     MAX_WAIT = 300
+    MAX_ADDRESSES = 10_000
 
     def __init__(self) -> None:
-        self._failures: dict[str, tuple[int, float]] = {}
+        self._failures: OrderedDict[str, tuple[int, float]] = OrderedDict()  # oldest last failure first
 
-    def wait(self, client: str) -> int:
-        """Seconds `client` must wait before the next try (0: go ahead)."""
+    def wait(self, address: str) -> int:
+        """Seconds `address` must wait before the next try (0: go ahead)."""
+        client = client_of(address)
         count, last = self._failures.get(client, (0, 0.0))
         now = time.monotonic()
         if now - last > self.FORGET_SECONDS:
@@ -169,11 +190,12 @@ class LoginThrottle:
         delay = min(self.MAX_WAIT, 2 ** (count - self.FREE_TRIES))
         return max(0, int(last + delay - now + 0.999))
 
-    def failed(self, client: str) -> None:
-        count, _ = self._failures.get(client, (0, 0.0))
+    def failed(self, address: str) -> None:
+        client = client_of(address)
+        count, _ = self._failures.pop(client, (0, 0.0))
         self._failures[client] = (count + 1, time.monotonic())
-        if len(self._failures) > 10_000:  # many addresses: forget the stalest
-            self._failures.pop(next(iter(self._failures)))
+        if len(self._failures) > self.MAX_ADDRESSES:
+            self._failures.popitem(last=False)
 
-    def succeeded(self, client: str) -> None:
-        self._failures.pop(client, None)
+    def succeeded(self, address: str) -> None:
+        self._failures.pop(client_of(address), None)
