@@ -200,6 +200,46 @@ async def test_foreign_origin_cannot_change_anything(
         assert (await resp.json())["max_attempts"] == (5 if allowed else 3)
 
 
+@pytest.mark.parametrize(
+    ("allowed", "host", "headers", "status"),
+    [
+        # Behind a TLS-terminating proxy: the browser says https, the proxy speaks http to us.
+        (("pool.example",), "pool.example", {"Origin": "https://pool.example"}, 200),
+        (("pool.example",), "pool.example", {"Origin": "https://POOL.example:8443"}, 200),
+        (("pool.example",), "pool.example", {"Referer": "https://pool.example/keys"}, 200),
+        (("pool.example",), "", {"Origin": "https://pool.example"}, 200),  # the proxy sent its own Host
+        ((), "", {"Origin": "https://pool.example"}, 403),  # a name nobody allowed
+        (("pool.example",), "pool.example", {"Origin": "https://evil.example"}, 403),
+        (("pool.example",), "pool.example", {"Origin": "https://pool.example.evil.example"}, 403),
+        (("pool.example",), "pool.example", {"Origin": "https://evil.example@pool.example"}, 403),
+        (("pool.example",), "pool.example", {"Origin": "ftp://pool.example"}, 403),
+        (("pool.example",), "pool.example", {"Referer": "https://[pool.example/"}, 403),
+    ],
+)
+async def test_https_origin_of_an_allowed_host_is_this_site(
+    tmp_path: Path,
+    upstream_url: str,
+    allowed: tuple[str, ...],
+    host: str,
+    headers: dict[str, str],
+    status: int,
+) -> None:
+    config = Config(data_dir=tmp_path, upstream=upstream_url, allowed_hosts=allowed)
+    server = PoolTestServer(create_app(config), host="127.0.0.1")
+    await server.start_server()
+    try:
+        base = str(server.make_url("")).rstrip("/")
+        sent = {**headers, "Host": host or base.removeprefix("http://")}
+        async with aiohttp.ClientSession(base_url=base, cookie_jar=aiohttp.CookieJar(unsafe=True)) as client:
+            async with client.post("/api/login", json={"username": "admin", "password": "admin"}, headers=sent) as resp:
+                assert resp.status == status, await resp.text()
+            if status == 200:
+                async with client.patch("/api/settings", json={"max_attempts": 5}, headers=sent) as resp:
+                    assert resp.status == 200
+    finally:
+        await server.close()
+
+
 async def test_reset_admin_from_the_command_line(start_proxy: StartProxy) -> None:
     proxy = await start_proxy()
     client = await login(proxy.base)

@@ -16,6 +16,7 @@ import secrets
 import sqlite3
 import time
 from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -134,16 +135,25 @@ async def current_session(request: web.Request, account: Account) -> Session | N
 # -- CSRF -----------------------------------------------------------------------------------------
 
 
-def same_origin(request: web.Request) -> bool:
-    """False when Origin (or, lacking it, Referer) names another site; scripts sending neither pass."""
-    origin = request.headers.get("Origin")
-    if origin is None:
-        referer = request.headers.get("Referer")
-        if not referer:
+def same_origin(request: web.Request, allowed_hosts: Iterable[str]) -> bool:
+    """False when Origin (or, lacking it, Referer) names another site; scripts sending neither pass.
+
+    Besides this server's own scheme and Host, `https://` with a name from `--allowed-host` (any
+    port) counts: a reverse proxy that terminates TLS talks plain http to us, and may not pass the
+    browser's Host on. The user named that host as the admin's, so no foreign page is served there."""
+    sent = request.headers.get("Origin")
+    if sent is None:
+        sent = request.headers.get("Referer")
+        if not sent:
             return True
-        parts = urlsplit(referer)
-        origin = f"{parts.scheme}://{parts.netloc}"
-    return origin.lower() == f"{request.scheme}://{request.host}".lower()
+    try:
+        parts = urlsplit(sent)
+    except ValueError:  # a broken IPv6 literal
+        return False
+    if f"{parts.scheme}://{parts.netloc}".lower() == f"{request.scheme}://{request.host}".lower():
+        return True
+    named = {h.lower() for h in allowed_hosts}
+    return parts.scheme.lower() == "https" and parts.username is None and parts.hostname in named
 
 
 # -- login throttling ---------------------------------------------------------------------------

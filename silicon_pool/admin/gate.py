@@ -17,7 +17,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 from aiohttp_session import AbstractStorage, session_middleware
 
-from ..typedefs import ACCOUNT, HOSTS, SETTINGS
+from ..typedefs import ACCOUNT, CONFIG, HOSTS, SETTINGS
 from .api import ApiError, dumps
 from .auth import current_session, same_origin
 from .pages import PAGES
@@ -72,7 +72,7 @@ async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     if not request.path.startswith("/api/"):
         return await _page_guard(request, handler)
     try:
-        if request.method in UNSAFE and not same_origin(request):
+        if request.method in UNSAFE and not same_origin(request, request.app[CONFIG].allowed_hosts):
             raise ApiError(403, "cross-site request refused (拒绝跨站请求)")
         public = (request.method, request.path) in PUBLIC
         if not public and await current_session(request, request.app[ACCOUNT]) is None:
