@@ -3,21 +3,27 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import re
 import sqlite3
 import sys
+import time
 from asyncio.subprocess import PIPE
 from pathlib import Path
 
 import aiohttp
 import pytest
+from cryptography.fernet import Fernet
 
-from silicon_pool.admin import pages, queries
-from silicon_pool.admin.auth import LoginThrottle
+from silicon_pool.admin import auth, pages, queries
+from silicon_pool.admin.auth import COOKIE_NAME, SESSION_SECONDS, LoginThrottle, Revocations
 from silicon_pool.admin.gate import PUBLIC
 from silicon_pool.app import create_app
 from silicon_pool.config import Config
-from tests.conftest import PoolTestServer, Running, StartProxy, login, paid_keys
+from silicon_pool.crypto import Secrets
+from silicon_pool.typedefs import ACCOUNT
+from tests.conftest import PoolTestServer, Running, StartProxy, db_path, login, paid_keys
 from tests.fake_upstream import FakeUpstream
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -156,8 +162,110 @@ async def test_session_survives_a_restart(start_proxy: StartProxy) -> None:
         assert resp.status == 200
 
 
+def _copy(client: aiohttp.ClientSession, base: str) -> aiohttp.ClientSession:
+    """Another client holding a copy of `client`'s session cookie, as a thief would."""
+    cookies = {c.key: c.value for c in client.cookie_jar}
+    return aiohttp.ClientSession(base_url=base, cookies=cookies)
+
+
+async def test_logout_ends_the_session_for_a_copied_cookie_too(proxy: Running) -> None:
+    client = await login(proxy.base)
+    async with _copy(client, proxy.base) as thief:
+        async with thief.get("/api/keys/export") as resp:
+            assert resp.status == 200
+        async with client.post("/api/logout") as resp:
+            assert resp.status == 200
+        await client.close()
+        async with thief.get("/api/keys/export") as resp:
+            assert resp.status == 401
+        async with thief.get("/keys", allow_redirects=False) as resp:
+            assert resp.status == 302 and resp.headers["Location"].startswith("/login")
+        async with thief.post("/api/logout") as resp:
+            assert resp.status == 401
+    again = await login(proxy.base)  # the account itself is untouched
+    async with again.get("/api/keys/export") as resp:
+        assert resp.status == 200
+    await again.close()
+
+
+async def test_a_logout_outlives_a_restart_and_expires_with_the_cookie(start_proxy: StartProxy) -> None:
+    first = await start_proxy()
+    out, kept = await login(first.base), await login(first.base)
+    copies = [{c.key: c.value for c in client.cookie_jar} for client in (out, kept)]
+    async with out.post("/api/logout") as resp:
+        assert resp.status == 200
+    await out.close()
+    await kept.close()
+    await first.stop()
+    until = sqlite3.connect(db_path(first)).execute("SELECT until FROM revoked_sessions").fetchall()
+    assert len(until) == 1 and until[0][0] == pytest.approx(time.time() + SESSION_SECONDS, abs=60)
+
+    second = await start_proxy(data_dir=first.data_dir)
+    for cookies, status in zip(copies, (401, 200), strict=True):
+        async with (
+            aiohttp.ClientSession(base_url=second.base, cookies=cookies) as replay,
+            replay.get("/api/keys/export") as resp,
+        ):
+            assert resp.status == status
+    await second.stop()
+
+    with sqlite3.connect(db_path(first)) as conn:  # once every cookie it could be in has expired
+        conn.execute("UPDATE revoked_sessions SET until = ?", (time.time() - 1,))
+    third = await start_proxy(data_dir=first.data_dir)
+    assert await third.store.read(lambda c: c.execute("SELECT COUNT(*) FROM revoked_sessions").fetchone()) == (0,)
+
+
+async def test_too_many_logouts_end_every_session_instead(proxy: Running, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The list of logged-out ids is bounded: the one past the bound logs everyone out and starts it afresh."""
+    monkeypatch.setattr(auth, "MAX_REVOKED", 2)
+    clients = [await login(proxy.base) for _ in range(4)]
+    copies = [_copy(client, proxy.base) for client in clients]
+    try:
+        for client in clients[:3]:
+            async with client.post("/api/logout") as resp:
+                assert resp.status == 200
+        for copy in copies:
+            async with copy.get("/api/me") as resp:
+                assert resp.status == 401
+        count = await proxy.store.read(lambda c: c.execute("SELECT COUNT(*) FROM revoked_sessions").fetchone())
+        assert count == (0,)
+        fresh = await login(proxy.base)
+        async with fresh.post("/api/logout") as resp:
+            assert resp.status == 200
+        await fresh.close()
+    finally:
+        for session in (*clients, *copies):
+            await session.close()
+
+
+async def test_revocations_forget_ids_whose_cookies_have_expired(proxy: Running) -> None:
+    now = [time.time()]
+    revoked = Revocations(proxy.store, {}, clock=lambda: now[0])
+    await revoked.revoke("old", proxy.server.app[ACCOUNT])
+    now[0] += SESSION_SECONDS + 1
+    await revoked.revoke("new", proxy.server.app[ACCOUNT])
+    assert "old" not in revoked and "new" in revoked
+    rows = await proxy.store.read(lambda c: c.execute("SELECT sid FROM revoked_sessions").fetchall())
+    assert rows == [("new",)]
+
+
+async def test_a_session_from_before_session_ids_must_log_in_again(proxy: Running) -> None:
+    """Such a session could not be ended by logging out, so it ends now."""
+    now = int(time.time())
+    account = proxy.server.app[ACCOUNT]
+    data = {"created": now, "session": {"user": account.username, "epoch": account.epoch, "seen": now}}
+    fernet = Fernet(base64.urlsafe_b64encode(Secrets(proxy.data_dir).cookie_key))
+    cookie = fernet.encrypt(json.dumps(data).encode()).decode()
+    async with (
+        aiohttp.ClientSession(base_url=proxy.base, cookies={COOKIE_NAME: cookie}) as old,
+        old.get("/api/me") as resp,
+    ):
+        assert resp.status == 401
+
+
 async def test_changing_the_password_needs_the_current_one_and_logs_others_out(proxy: Running) -> None:
     mine, other = await login(proxy.base), await login(proxy.base)
+    before = _copy(mine, proxy.base)
     try:
         bad = {"current_password": "wrong", "password": "s3cret-pass"}
         async with mine.post("/api/account", json=bad) as resp:
@@ -172,9 +280,12 @@ async def test_changing_the_password_needs_the_current_one_and_logs_others_out(p
             assert resp.status == 200  # this session goes on
         async with other.get("/api/me") as resp:
             assert resp.status == 401  # every other one is out
+        async with before.get("/api/me") as resp:
+            assert resp.status == 401  # this one's cookie from before the change too
     finally:
         await mine.close()
         await other.close()
+        await before.close()
     fresh = await login(proxy.base, "boss", "s3cret-pass")
     await fresh.close()
 

@@ -2,7 +2,9 @@
 
 Sessions live in an encrypted cookie (aiohttp-session) whose key is derived from the data
 dir's secret, so logins survive a restart. Each session carries the account's `epoch`;
-changing the password makes a new epoch, which logs every other session out.
+changing the password makes a new epoch, which logs every other session out. Each also
+carries a random id; logging out revokes that id (`Revocations`), so a copy of the cookie is
+out too, restart or not.
 """
 
 from __future__ import annotations
@@ -11,12 +13,13 @@ import asyncio
 import hashlib
 import hmac
 import ipaddress
+import logging
 import os
 import secrets
 import sqlite3
 import time
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -26,9 +29,12 @@ from aiohttp_session.cookie_storage import EncryptedCookieStorage
 
 from ..store import Store
 
+log = logging.getLogger(__name__)
+
 DEFAULT_USERNAME = DEFAULT_PASSWORD = "admin"
 SESSION_SECONDS = 48 * 3600
 COOKIE_NAME = "SILICON_POOL_SESSION"
+MAX_REVOKED = 10_000  # session ids logged out and not yet expired (see Revocations)
 _SCRYPT = {"n": 2**14, "r": 8, "p": 1}
 
 
@@ -115,13 +121,19 @@ async def start_session(request: web.Request, account: Account) -> None:
     session.clear()
     session["user"] = account.username
     session["epoch"] = account.epoch
+    session["sid"] = secrets.token_urlsafe(16)
     session["seen"] = int(time.time())
 
 
-async def current_session(request: web.Request, account: Account) -> Session | None:
-    """The logged-in session, renewed at most once a minute (the 48 h lifetime slides)."""
+async def current_session(request: web.Request, account: Account, revoked: Revocations) -> Session | None:
+    """The logged-in session, renewed at most once a minute (the 48 h lifetime slides).
+
+    A session without an id (from a release before them) is out: logging out could not end it."""
     session = await get_session(request)
     if session.new or session.get("epoch") != account.epoch or session.get("user") != account.username:
+        return None
+    sid = session.get("sid")
+    if not isinstance(sid, str) or sid in revoked:
         return None
     now = int(time.time())
     seen = session.get("seen")
@@ -130,6 +142,71 @@ async def current_session(request: web.Request, account: Account) -> Session | N
     if now - seen >= 60:
         session["seen"] = now
     return session
+
+
+async def end_session(request: web.Request, account: Account, revoked: Revocations) -> None:
+    """Logout: this session's id is revoked before its cookie is dropped, so no copy of it works either."""
+    session = await get_session(request)
+    sid = session.get("sid")
+    if isinstance(sid, str):
+        await revoked.revoke(sid, account)
+    session.invalidate()
+
+
+class Revocations:
+    """Ids of sessions logged out while a cookie carrying them may still be valid.
+
+    Held in memory, so a request checks a dict, and written through to `revoked_sessions` by
+    the store's writer (a logout is rare), so they outlive a restart. An id is kept until no
+    cookie with it can be valid: SESSION_SECONDS after the logout, since a revoked session is
+    never renewed. Past MAX_REVOKED live ids, the account's epoch is rolled instead: every
+    session ends, and none needs remembering."""
+
+    def __init__(self, store: Store, until: dict[str, float], clock: Callable[[], float] = time.time) -> None:
+        self._store, self._until, self._clock = store, until, clock
+
+    def __contains__(self, sid: str) -> bool:
+        return sid in self._until
+
+    async def revoke(self, sid: str, account: Account) -> None:
+        now = self._clock()
+        live = {s: until for s, until in self._until.items() if until > now}
+        if len(live) >= MAX_REVOKED:
+            await self._end_all(account)
+            return
+        until = live[sid] = now + SESSION_SECONDS
+        self._until = live  # before the write: the id is out at once, even if the disk fails
+
+        def write(conn: sqlite3.Connection) -> None:
+            conn.execute("DELETE FROM revoked_sessions WHERE until <= ?", (now,))
+            conn.execute("INSERT OR REPLACE INTO revoked_sessions (sid, until) VALUES (?, ?)", (sid, until))
+
+        await self._store.write(write)
+
+    async def _end_all(self, account: Account) -> None:
+        log.warning(
+            "%d sessions logged out within %d h: every session is logged out now", MAX_REVOKED, SESSION_SECONDS // 3600
+        )
+        account.epoch = secrets.token_hex(8)
+
+        def write(conn: sqlite3.Connection) -> None:
+            _write_account(conn, account)
+            conn.execute("DELETE FROM revoked_sessions")
+
+        await self._store.write(write)
+        self._until = {}
+
+
+async def load_revocations(store: Store) -> Revocations:
+    """The stored revocations still in force; those over are deleted, rows no release wrote skipped."""
+
+    def load(conn: sqlite3.Connection) -> dict[str, float]:
+        now = time.time()
+        conn.execute("DELETE FROM revoked_sessions WHERE until <= ?", (now,))
+        rows = conn.execute("SELECT sid, until FROM revoked_sessions").fetchall()
+        return {sid: float(until) for sid, until in rows if isinstance(sid, str) and isinstance(until, int | float)}
+
+    return Revocations(store, await store.write(load))
 
 
 # -- CSRF -----------------------------------------------------------------------------------------
