@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from .admin.auth import LoginThrottle, cookie_storage, load_account
+from .admin.auth import LoginThrottle, cookie_storage, load_account, load_revocations
 from .admin.gate import V1_ROUTE, admin_gate
 from .admin.pages import add_page_routes, setup_templates
 from .admin.routes import add_api_routes
@@ -41,6 +41,7 @@ from .typedefs import (
     LIFECYCLE,
     POOL,
     PROXY,
+    REVOKED,
     SECRETS,
     SETTINGS,
     STORE,
@@ -72,7 +73,7 @@ def _tune_gc() -> None:
 
 
 async def _storage(app: web.Application) -> AsyncIterator[None]:
-    """Open the database, load settings, keys and the admin account; flush and close at the end."""
+    """Open the database, load settings, keys, the admin account and its logouts; flush and close at the end."""
     config = app[CONFIG]
     store = Store(config.data_dir, app[SECRETS])
     await asyncio.to_thread(store.open)
@@ -94,7 +95,7 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
 
         settings.subscribe(follow)
         app[STORE], app[SETTINGS], app[POOL] = store, settings, pool
-        app[ACCOUNT] = await load_account(store)
+        app[ACCOUNT], app[REVOKED] = await load_account(store), await load_revocations(store)
         if app[ACCOUNT].is_default and not _is_loopback(config.host):
             log.warning(
                 "!!! The admin login is still admin/admin and %s is reachable from other machines: "

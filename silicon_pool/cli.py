@@ -96,7 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=[h for h in env("SILICON_POOL_ALLOWED_HOSTS", "").split(",") if h.strip()],
         metavar="NAME",
         help="a host name the admin and /v1 answer to, besides IP addresses and localhost (repeatable; "
-        "for a reverse proxy or a LAN name) [SILICON_POOL_ALLOWED_HOSTS, comma-separated]",
+        "for a reverse proxy or a LAN name). A page at https://NAME counts as the admin's own, for a proxy "
+        "that terminates TLS [SILICON_POOL_ALLOWED_HOSTS, comma-separated]",
     )
     parser.add_argument(
         "--reset-admin",

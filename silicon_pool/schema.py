@@ -83,6 +83,10 @@ CREATE TABLE rests (
     until REAL NOT NULL,  -- Unix time
     PRIMARY KEY (scope, owner, model)
 ) WITHOUT ROWID;
+CREATE TABLE revoked_sessions (
+    sid TEXT PRIMARY KEY,  -- a logged-out session's id (admin/auth.py)
+    until REAL NOT NULL  -- Unix time after which no cookie with it is valid
+) WITHOUT ROWID;
 """
 
 
@@ -199,9 +203,14 @@ def _v2_rate_limits(conn: sqlite3.Connection) -> None:
     conn.execute("ALTER TABLE calls ADD COLUMN limits TEXT")
 
 
+def _v3_revoked_sessions(conn: sqlite3.Connection) -> None:
+    conn.execute("CREATE TABLE revoked_sessions (sid TEXT PRIMARY KEY, until REAL NOT NULL) WITHOUT ROWID")
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration("the schema of releases before versions (up to fa0878f), checked", _v1_baseline),
     Migration("rests that outlive a restart; the rate-limit kinds a call met", _v2_rate_limits),
+    Migration("logged-out sessions, revoked until their cookies expire", _v3_revoked_sessions),
 )
 VERSION = len(MIGRATIONS)
 UNREADABLE_RETRIES = 10  # reads, 0.1 s apart, of a database another process may be creating

@@ -13,7 +13,7 @@ from aiohttp import web
 if TYPE_CHECKING:
     import aiohttp
 
-    from .admin.auth import Account, LoginThrottle
+    from .admin.auth import Account, LoginThrottle, Revocations
     from .balance import BalanceChecker
     from .config import Config
     from .crypto import Secrets
@@ -39,4 +39,5 @@ JOBS: web.AppKey[Jobs] = web.AppKey("jobs")
 CATALOG: web.AppKey[ModelCatalog] = web.AppKey("catalog")
 ACCOUNT: web.AppKey[Account] = web.AppKey("account")
 THROTTLE: web.AppKey[LoginThrottle] = web.AppKey("throttle")
+REVOKED: web.AppKey[Revocations] = web.AppKey("revoked")
 HOSTS: web.AppKey[HostCheck] = web.AppKey("hosts")

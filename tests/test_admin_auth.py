@@ -3,21 +3,27 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import re
 import sqlite3
 import sys
+import time
 from asyncio.subprocess import PIPE
 from pathlib import Path
 
 import aiohttp
 import pytest
+from cryptography.fernet import Fernet
 
-from silicon_pool.admin import pages, queries
-from silicon_pool.admin.auth import LoginThrottle
+from silicon_pool.admin import auth, pages, queries
+from silicon_pool.admin.auth import COOKIE_NAME, SESSION_SECONDS, LoginThrottle, Revocations
 from silicon_pool.admin.gate import PUBLIC
 from silicon_pool.app import create_app
 from silicon_pool.config import Config
-from tests.conftest import PoolTestServer, Running, StartProxy, login, paid_keys
+from silicon_pool.crypto import Secrets
+from silicon_pool.typedefs import ACCOUNT
+from tests.conftest import PoolTestServer, Running, StartProxy, db_path, login, paid_keys
 from tests.fake_upstream import FakeUpstream
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -107,6 +113,41 @@ def test_throttle_backs_off_and_forgets() -> None:
     assert throttle.wait("a") == 0
 
 
+def _lock(throttle: LoginThrottle, client: str) -> None:
+    for _ in range(LoginThrottle.FREE_TRIES + 1):
+        throttle.failed(client)
+
+
+def test_throttle_forgets_the_stalest_address_first() -> None:
+    """A locked address that keeps trying is not flushed out by a crowd of addresses that came after its first try."""
+    throttle = LoginThrottle()
+    _lock(throttle, "192.0.2.1")
+    crowd = [f"198.51.{i // 256}.{i % 256}" for i in range(LoginThrottle.MAX_ADDRESSES)]
+    for client in crowd[:-1]:
+        throttle.failed(client)
+    throttle.failed("192.0.2.1")  # tried again once its wait was over
+    throttle.failed(crowd[-1])  # one too many: the stalest goes
+    assert throttle.wait("192.0.2.1") > 0
+    assert throttle.wait(crowd[0]) == 0 and throttle.wait(crowd[1]) == 0  # forgotten, then a first try
+
+
+@pytest.mark.parametrize(
+    ("locked", "same", "other"),
+    [
+        ("2001:db8:1:2::1", "2001:db8:1:2:ffff:ffff:ffff:ffff", "2001:db8:1:3::1"),
+        ("::ffff:192.0.2.7", "192.0.2.7", "192.0.2.8"),
+        ("192.0.2.7", "::ffff:192.0.2.7", "::ffff:192.0.2.8"),
+    ],
+)
+def test_throttle_counts_an_ipv6_network_as_one_client(locked: str, same: str, other: str) -> None:
+    """A /64 is one subscriber's; an IPv4-mapped address is the IPv4 one."""
+    throttle = LoginThrottle()
+    _lock(throttle, locked)
+    assert throttle.wait(same) > 0 and throttle.wait(other) == 0
+    throttle.succeeded(same)
+    assert throttle.wait(locked) == 0
+
+
 async def test_session_survives_a_restart(start_proxy: StartProxy) -> None:
     first = await start_proxy()
     client = await login(first.base)
@@ -121,8 +162,110 @@ async def test_session_survives_a_restart(start_proxy: StartProxy) -> None:
         assert resp.status == 200
 
 
+def _copy(client: aiohttp.ClientSession, base: str) -> aiohttp.ClientSession:
+    """Another client holding a copy of `client`'s session cookie, as a thief would."""
+    cookies = {c.key: c.value for c in client.cookie_jar}
+    return aiohttp.ClientSession(base_url=base, cookies=cookies)
+
+
+async def test_logout_ends_the_session_for_a_copied_cookie_too(proxy: Running) -> None:
+    client = await login(proxy.base)
+    async with _copy(client, proxy.base) as thief:
+        async with thief.get("/api/keys/export") as resp:
+            assert resp.status == 200
+        async with client.post("/api/logout") as resp:
+            assert resp.status == 200
+        await client.close()
+        async with thief.get("/api/keys/export") as resp:
+            assert resp.status == 401
+        async with thief.get("/keys", allow_redirects=False) as resp:
+            assert resp.status == 302 and resp.headers["Location"].startswith("/login")
+        async with thief.post("/api/logout") as resp:
+            assert resp.status == 401
+    again = await login(proxy.base)  # the account itself is untouched
+    async with again.get("/api/keys/export") as resp:
+        assert resp.status == 200
+    await again.close()
+
+
+async def test_a_logout_outlives_a_restart_and_expires_with_the_cookie(start_proxy: StartProxy) -> None:
+    first = await start_proxy()
+    out, kept = await login(first.base), await login(first.base)
+    copies = [{c.key: c.value for c in client.cookie_jar} for client in (out, kept)]
+    async with out.post("/api/logout") as resp:
+        assert resp.status == 200
+    await out.close()
+    await kept.close()
+    await first.stop()
+    until = sqlite3.connect(db_path(first)).execute("SELECT until FROM revoked_sessions").fetchall()
+    assert len(until) == 1 and until[0][0] == pytest.approx(time.time() + SESSION_SECONDS, abs=60)
+
+    second = await start_proxy(data_dir=first.data_dir)
+    for cookies, status in zip(copies, (401, 200), strict=True):
+        async with (
+            aiohttp.ClientSession(base_url=second.base, cookies=cookies) as replay,
+            replay.get("/api/keys/export") as resp,
+        ):
+            assert resp.status == status
+    await second.stop()
+
+    with sqlite3.connect(db_path(first)) as conn:  # once every cookie it could be in has expired
+        conn.execute("UPDATE revoked_sessions SET until = ?", (time.time() - 1,))
+    third = await start_proxy(data_dir=first.data_dir)
+    assert await third.store.read(lambda c: c.execute("SELECT COUNT(*) FROM revoked_sessions").fetchone()) == (0,)
+
+
+async def test_too_many_logouts_end_every_session_instead(proxy: Running, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The list of logged-out ids is bounded: the one past the bound logs everyone out and starts it afresh."""
+    monkeypatch.setattr(auth, "MAX_REVOKED", 2)
+    clients = [await login(proxy.base) for _ in range(4)]
+    copies = [_copy(client, proxy.base) for client in clients]
+    try:
+        for client in clients[:3]:
+            async with client.post("/api/logout") as resp:
+                assert resp.status == 200
+        for copy in copies:
+            async with copy.get("/api/me") as resp:
+                assert resp.status == 401
+        count = await proxy.store.read(lambda c: c.execute("SELECT COUNT(*) FROM revoked_sessions").fetchone())
+        assert count == (0,)
+        fresh = await login(proxy.base)
+        async with fresh.post("/api/logout") as resp:
+            assert resp.status == 200
+        await fresh.close()
+    finally:
+        for session in (*clients, *copies):
+            await session.close()
+
+
+async def test_revocations_forget_ids_whose_cookies_have_expired(proxy: Running) -> None:
+    now = [time.time()]
+    revoked = Revocations(proxy.store, {}, clock=lambda: now[0])
+    await revoked.revoke("old", proxy.server.app[ACCOUNT])
+    now[0] += SESSION_SECONDS + 1
+    await revoked.revoke("new", proxy.server.app[ACCOUNT])
+    assert "old" not in revoked and "new" in revoked
+    rows = await proxy.store.read(lambda c: c.execute("SELECT sid FROM revoked_sessions").fetchall())
+    assert rows == [("new",)]
+
+
+async def test_a_session_from_before_session_ids_must_log_in_again(proxy: Running) -> None:
+    """Such a session could not be ended by logging out, so it ends now."""
+    now = int(time.time())
+    account = proxy.server.app[ACCOUNT]
+    data = {"created": now, "session": {"user": account.username, "epoch": account.epoch, "seen": now}}
+    fernet = Fernet(base64.urlsafe_b64encode(Secrets(proxy.data_dir).cookie_key))
+    cookie = fernet.encrypt(json.dumps(data).encode()).decode()
+    async with (
+        aiohttp.ClientSession(base_url=proxy.base, cookies={COOKIE_NAME: cookie}) as old,
+        old.get("/api/me") as resp,
+    ):
+        assert resp.status == 401
+
+
 async def test_changing_the_password_needs_the_current_one_and_logs_others_out(proxy: Running) -> None:
     mine, other = await login(proxy.base), await login(proxy.base)
+    before = _copy(mine, proxy.base)
     try:
         bad = {"current_password": "wrong", "password": "s3cret-pass"}
         async with mine.post("/api/account", json=bad) as resp:
@@ -137,9 +280,12 @@ async def test_changing_the_password_needs_the_current_one_and_logs_others_out(p
             assert resp.status == 200  # this session goes on
         async with other.get("/api/me") as resp:
             assert resp.status == 401  # every other one is out
+        async with before.get("/api/me") as resp:
+            assert resp.status == 401  # this one's cookie from before the change too
     finally:
         await mine.close()
         await other.close()
+        await before.close()
     fresh = await login(proxy.base, "boss", "s3cret-pass")
     await fresh.close()
 
@@ -163,6 +309,46 @@ async def test_foreign_origin_cannot_change_anything(
         assert resp.status == (200 if allowed else 403)
     async with admin.get("/api/settings") as resp:
         assert (await resp.json())["max_attempts"] == (5 if allowed else 3)
+
+
+@pytest.mark.parametrize(
+    ("allowed", "host", "headers", "status"),
+    [
+        # Behind a TLS-terminating proxy: the browser says https, the proxy speaks http to us.
+        (("pool.example",), "pool.example", {"Origin": "https://pool.example"}, 200),
+        (("pool.example",), "pool.example", {"Origin": "https://POOL.example:8443"}, 200),
+        (("pool.example",), "pool.example", {"Referer": "https://pool.example/keys"}, 200),
+        (("pool.example",), "", {"Origin": "https://pool.example"}, 200),  # the proxy sent its own Host
+        ((), "", {"Origin": "https://pool.example"}, 403),  # a name nobody allowed
+        (("pool.example",), "pool.example", {"Origin": "https://evil.example"}, 403),
+        (("pool.example",), "pool.example", {"Origin": "https://pool.example.evil.example"}, 403),
+        (("pool.example",), "pool.example", {"Origin": "https://evil.example@pool.example"}, 403),
+        (("pool.example",), "pool.example", {"Origin": "ftp://pool.example"}, 403),
+        (("pool.example",), "pool.example", {"Referer": "https://[pool.example/"}, 403),
+    ],
+)
+async def test_https_origin_of_an_allowed_host_is_this_site(
+    tmp_path: Path,
+    upstream_url: str,
+    allowed: tuple[str, ...],
+    host: str,
+    headers: dict[str, str],
+    status: int,
+) -> None:
+    config = Config(data_dir=tmp_path, upstream=upstream_url, allowed_hosts=allowed)
+    server = PoolTestServer(create_app(config), host="127.0.0.1")
+    await server.start_server()
+    try:
+        base = str(server.make_url("")).rstrip("/")
+        sent = {**headers, "Host": host or base.removeprefix("http://")}
+        async with aiohttp.ClientSession(base_url=base, cookie_jar=aiohttp.CookieJar(unsafe=True)) as client:
+            async with client.post("/api/login", json={"username": "admin", "password": "admin"}, headers=sent) as resp:
+                assert resp.status == status, await resp.text()
+            if status == 200:
+                async with client.patch("/api/settings", json={"max_attempts": 5}, headers=sent) as resp:
+                    assert resp.status == 200
+    finally:
+        await server.close()
 
 
 async def test_reset_admin_from_the_command_line(start_proxy: StartProxy) -> None:

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
 from silicon_pool import schema
@@ -97,13 +98,23 @@ async def test_a_release_data_dir_opens_with_everything_intact(tmp_path: Path, s
     async with session.get("/api/keys", params={"page_size": "100"}) as resp:
         assert resp.status == 200
         assert (await resp.json())["total"] == len(manifest["keys"])
+    copied = {c.key: c.value for c in session.cookie_jar}
+    async with session.post("/api/logout") as resp:  # revoked in the table the upgrade added
+        assert resp.status == 200
     await session.close()
     await proxy.stop()
 
     conn = sqlite3.connect(data_dir / DB_FILE)
     assert conn.execute("PRAGMA user_version").fetchone()[0] == VERSION
     assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    assert conn.execute("SELECT COUNT(*) FROM revoked_sessions").fetchone()[0] == 1
     conn.close()
+    again = await start_proxy(data_dir=data_dir)
+    async with (
+        aiohttp.ClientSession(base_url=again.base, cookies=copied) as replay,
+        replay.get("/api/keys/export") as resp,
+    ):
+        assert resp.status == 401
 
 
 def test_the_upgrade_runs_once_and_ends_with_the_schema_of_a_new_data_dir(tmp_path: Path) -> None:

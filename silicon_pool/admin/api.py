@@ -12,16 +12,15 @@ from typing import Any
 
 import orjson
 from aiohttp import web
-from aiohttp_session import get_session
 
 from ..keys import INVALID, Key
 from ..models import CatalogUnavailable
 from ..pool import KeyPool, Rest
 from ..settings import SETTINGS as SETTING_LIST
 from ..settings import SettingError, Settings
-from ..typedefs import ACCOUNT, CATALOG, JOBS, LIFECYCLE, POOL, SETTINGS, STORE, THROTTLE
+from ..typedefs import ACCOUNT, CATALOG, JOBS, LIFECYCLE, POOL, REVOKED, SETTINGS, STORE, THROTTLE
 from . import queries
-from .auth import Account, check_login, hash_password, save_account, start_session
+from .auth import Account, check_login, end_session, hash_password, save_account, start_session
 
 MAX_PASTE_BYTES = 8 * 1024 * 1024
 KEY_STATES = ("all", "active", "zero", "disabled", "invalid", "cooling", "unchecked")
@@ -152,7 +151,7 @@ async def login(request: web.Request) -> web.Response:
 
 
 async def logout(request: web.Request) -> web.Response:
-    (await get_session(request)).invalidate()
+    await end_session(request, request.app[ACCOUNT], request.app[REVOKED])
     return dumps({"ok": True})
 
 

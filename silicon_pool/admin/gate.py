@@ -17,7 +17,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 from aiohttp_session import AbstractStorage, session_middleware
 
-from ..typedefs import ACCOUNT, HOSTS, SETTINGS
+from ..typedefs import ACCOUNT, CONFIG, HOSTS, REVOKED, SETTINGS
 from .api import ApiError, dumps
 from .auth import current_session, same_origin
 from .pages import PAGES
@@ -72,10 +72,10 @@ async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     if not request.path.startswith("/api/"):
         return await _page_guard(request, handler)
     try:
-        if request.method in UNSAFE and not same_origin(request):
+        if request.method in UNSAFE and not same_origin(request, request.app[CONFIG].allowed_hosts):
             raise ApiError(403, "cross-site request refused (拒绝跨站请求)")
         public = (request.method, request.path) in PUBLIC
-        if not public and await current_session(request, request.app[ACCOUNT]) is None:
+        if not public and await current_session(request, request.app[ACCOUNT], request.app[REVOKED]) is None:
             raise ApiError(401, "login required (请先登录)")
         return await handler(request)
     except ApiError as exc:
@@ -88,7 +88,7 @@ async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 async def _page_guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Pages need a session (else the login page, which sends the user back afterwards)."""
-    logged_in = await current_session(request, request.app[ACCOUNT]) is not None
+    logged_in = await current_session(request, request.app[ACCOUNT], request.app[REVOKED]) is not None
     if request.path in PAGES and not logged_in:
         raise web.HTTPFound(request.app.router["login"].url_for().with_query(next=request.path_qs))
     if request.path == "/login" and logged_in:

@@ -4,10 +4,21 @@
 const form = document.getElementById("login-form");
 const error = document.getElementById("login-error");
 
-/** Where to go after login: the page asked for, if (once the browser has parsed it) it is on this site. */
+/**
+ * Where to go after login: the page asked for, if the browser resolves it to this site; else home.
+ * The answer is the resolved absolute URL, never the path alone: a path such as "//evil.example"
+ * (from "/..//evil.example") would be read again as another host.
+ */
 function nextPage() {
-  const next = new URL(new URLSearchParams(location.search).get("next") || "/", location.origin);
-  return next.origin === location.origin ? next.pathname + next.search + next.hash : "/";
+  const home = new URL("/", location.origin).href;
+  let next;
+  try {
+    next = new URL(new URLSearchParams(location.search).get("next") || "/", location.origin);
+  } catch {
+    return home;
+  }
+  const onSite = next.origin === location.origin && !next.pathname.startsWith("//");
+  return onSite && next.pathname !== "/login" ? next.href : home;
 }
 
 form.addEventListener("submit", async (event) => {
