@@ -33,7 +33,7 @@ import orjson
 from .crypto import Secrets
 from .keys import COLUMN_NAMES, STORED, UPDATED, Key, from_row
 from .pool import ACCOUNT, KEY, Rest
-from .schema import check_version, upgrade
+from .schema import SchemaError, check_version, read_only, upgrade
 from .settings import SETTINGS, Token
 
 log = logging.getLogger(__name__)
@@ -43,6 +43,7 @@ DB_FILE = "pool.db"
 FLUSH_SECONDS = 0.5
 SECRET_SETTINGS = frozenset(s.name for s in SETTINGS if isinstance(s, Token))
 SEALED = "enc:"
+SECRET_SAMPLE = 16  # stored keys tried at start-up: the secret must decrypt one of them (or a token)
 
 
 class CallRecord(NamedTuple):
@@ -156,6 +157,43 @@ def _sealed(stored: Any) -> str | None:
 def _in_plain_text(name: Any, stored: Any) -> bool:
     """Whether a settings row is a secret one that an earlier release stored in plain text."""
     return name in SECRET_SETTINGS and isinstance(stored, str) and _sealed(stored) is None
+
+
+def _ciphertext(stored: Any) -> bytes | None:
+    """The ciphertext in a stored secret setting; None if it is in plain text or damaged."""
+    sealed = _sealed(stored)
+    try:
+        return None if sealed is None else base64.b64decode(sealed, validate=True)
+    except ValueError:
+        return None
+
+
+def _ciphertexts(path: Path) -> list[bytes]:
+    """Some of what `path` holds encrypted (keys, then tokens), read without writing anything."""
+    check_version(path)
+    if not path.exists() or path.stat().st_size == 0:
+        return []
+    conn = read_only(path)
+    try:
+        tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        found = []
+        if "keys" in tables:
+            found += [row[0] for row in conn.execute("SELECT key_enc FROM keys ORDER BY id LIMIT ?", (SECRET_SAMPLE,))]
+        if "settings" in tables:
+            names = sorted(SECRET_SETTINGS)
+            query = f"SELECT value FROM settings WHERE name IN ({', '.join('?' * len(names))})"
+            found += [blob for (stored,) in conn.execute(query, names) if (blob := _ciphertext(stored))]
+        return found
+    except sqlite3.DatabaseError as exc:
+        raise SchemaError(f"{path} cannot be read ({exc}); nothing in it was changed") from None
+    finally:
+        conn.close()
+
+
+def open_secrets(data_dir: Path) -> Secrets:
+    """The data dir's secret, checked against what pool.db holds before anything is written: a
+    missing secret is created only for a pool.db with nothing encrypted in it (SecretError else)."""
+    return Secrets(data_dir, _ciphertexts(data_dir / DB_FILE))
 
 
 def _key_row(key: Key) -> tuple[Any, ...]:
