@@ -21,7 +21,7 @@ from .admin.pages import add_page_routes, setup_templates
 from .admin.routes import add_api_routes
 from .balance import BalanceChecker
 from .config import Config
-from .crypto import Secrets, ensure_private_dir
+from .crypto import ensure_private_dir
 from .hosts import HostCheck
 from .http1 import Http1Client
 from .jobs import Jobs
@@ -30,7 +30,7 @@ from .models import ModelCatalog
 from .pool import FREE, PAID, KeyPool
 from .proxy import Proxy, openai_error
 from .settings import Settings
-from .store import Store
+from .store import Store, open_secrets
 from .typedefs import (
     ACCOUNT,
     CATALOG,
@@ -171,7 +171,7 @@ async def healthz(request: web.Request) -> web.Response:
 
 def create_app(config: Config) -> web.Application:
     ensure_private_dir(config.data_dir)
-    secrets = Secrets(config.data_dir)
+    secrets = open_secrets(config.data_dir)
     app = web.Application(middlewares=[admin_gate(cookie_storage(secrets.cookie_key))])
     app[CONFIG], app[SECRETS], app[THROTTLE] = config, secrets, LoginThrottle()
     app[HOSTS] = HostCheck(config.allowed_hosts)

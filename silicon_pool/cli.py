@@ -14,11 +14,11 @@ from . import __version__
 from .admin.auth import reset_account
 from .app import create_app
 from .config import Config
-from .crypto import Secrets, ensure_private_dir
+from .crypto import SecretError, ensure_private_dir
 from .schema import SchemaError
 from .server import run
 from .settings import DEFAULT_UPSTREAM, Settings
-from .store import Store
+from .store import Store, open_secrets
 
 log = logging.getLogger("silicon_pool")
 
@@ -133,7 +133,7 @@ def _event_loop() -> asyncio.AbstractEventLoop:
 def reset_admin(config: Config) -> None:
     """Put admin/admin back (for a forgotten password); keys and settings are untouched."""
     ensure_private_dir(config.data_dir)
-    store = Store(config.data_dir, Secrets(config.data_dir))
+    store = Store(config.data_dir, open_secrets(config.data_dir))
     store.open()
     store.close()
     reset_account(str(store.path))
@@ -146,7 +146,7 @@ def reset_admin(config: Config) -> None:
 def main(argv: Sequence[str] | None = None) -> None:
     try:
         _main(argv)
-    except SchemaError as exc:  # a data dir from a newer release, or damaged: say so, touch nothing
+    except (SchemaError, SecretError) as exc:  # the data dir cannot be opened as it is: say why, touch nothing
         print(f"silicon-pool: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
 

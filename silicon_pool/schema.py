@@ -262,10 +262,15 @@ def check_version(path: Path) -> None:
         raise SchemaError(f"{path} has an invalid schema version {found}; nothing in it was changed")
 
 
-def _read_version(path: Path) -> int:
+def read_only(path: Path) -> sqlite3.Connection:
+    """A connection that writes nothing to `path` (see check_version)."""
     wal = path.with_name(path.name + "-wal")
     mode = "mode=ro" if wal.exists() and wal.stat().st_size else "immutable=1"
-    conn = sqlite3.connect(f"{path.resolve().as_uri()}?{mode}", uri=True)
+    return sqlite3.connect(f"{path.resolve().as_uri()}?{mode}", uri=True)
+
+
+def _read_version(path: Path) -> int:
+    conn = read_only(path)
     try:
         found = version_of(conn)
         conn.execute("SELECT name FROM sqlite_master LIMIT 1").fetchall()

@@ -6,11 +6,16 @@ with per-hour usage totals summed by SQLite in the same transaction so stats nev
 log. Jobs (imports, deletes, settings) are callables run in their own transaction; their
 caller awaits the commit. Reads run on a small pool of reader threads with their own
 connections (WAL lets them run beside the writer).
+
+Secrets are stored encrypted with the data dir's secret (crypto.py): keys in their own column,
+and secret settings (tokens) as a JSON string, SEALED then their ciphertext in base64, so that an
+earlier release reading one takes it for a token nobody holds, never for an empty one.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import concurrent.futures
 import logging
 import operator
@@ -28,7 +33,8 @@ import orjson
 from .crypto import Secrets
 from .keys import COLUMN_NAMES, STORED, UPDATED, Key, from_row
 from .pool import ACCOUNT, KEY, Rest
-from .schema import check_version, upgrade
+from .schema import SchemaError, check_version, read_only, upgrade
+from .settings import SETTINGS, Token
 from .text import clean
 
 log = logging.getLogger(__name__)
@@ -36,6 +42,9 @@ T = TypeVar("T")
 
 DB_FILE = "pool.db"
 FLUSH_SECONDS = 0.5
+SECRET_SETTINGS = frozenset(s.name for s in SETTINGS if isinstance(s, Token))
+SEALED = "enc:"
+SECRET_SAMPLE = 16  # stored keys tried at start-up: the secret must decrypt one of them (or a token)
 
 
 class CallRecord(NamedTuple):
@@ -134,6 +143,60 @@ def connect(path: Path) -> sqlite3.Connection:
     return conn
 
 
+def _sealed(stored: Any) -> str | None:
+    """The base64 ciphertext in a stored secret setting; None if it is plain JSON text (an earlier
+    release's), or not text at all."""
+    if not isinstance(stored, str):
+        return None
+    try:
+        value = orjson.loads(stored)
+    except orjson.JSONDecodeError:
+        return None
+    return value[len(SEALED) :] if isinstance(value, str) and value.startswith(SEALED) else None
+
+
+def _in_plain_text(name: Any, stored: Any) -> bool:
+    """Whether a settings row is a secret one that an earlier release stored in plain text."""
+    return name in SECRET_SETTINGS and isinstance(stored, str) and _sealed(stored) is None
+
+
+def _ciphertext(stored: Any) -> bytes | None:
+    """The ciphertext in a stored secret setting; None if it is in plain text or damaged."""
+    sealed = _sealed(stored)
+    try:
+        return None if sealed is None else base64.b64decode(sealed, validate=True)
+    except ValueError:
+        return None
+
+
+def _ciphertexts(path: Path) -> list[bytes]:
+    """Some of what `path` holds encrypted (keys, then tokens), read without writing anything."""
+    check_version(path)
+    if not path.exists() or path.stat().st_size == 0:
+        return []
+    conn = read_only(path)
+    try:
+        tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        found = []
+        if "keys" in tables:
+            found += [row[0] for row in conn.execute("SELECT key_enc FROM keys ORDER BY id LIMIT ?", (SECRET_SAMPLE,))]
+        if "settings" in tables:
+            names = sorted(SECRET_SETTINGS)
+            query = f"SELECT value FROM settings WHERE name IN ({', '.join('?' * len(names))})"
+            found += [blob for (stored,) in conn.execute(query, names) if (blob := _ciphertext(stored))]
+        return found
+    except sqlite3.DatabaseError as exc:
+        raise SchemaError(f"{path} cannot be read ({exc}); nothing in it was changed") from None
+    finally:
+        conn.close()
+
+
+def open_secrets(data_dir: Path) -> Secrets:
+    """The data dir's secret, checked against what pool.db holds before anything is written: a
+    missing secret is created only for a pool.db with nothing encrypted in it (SecretError else)."""
+    return Secrets(data_dir, _ciphertexts(data_dir / DB_FILE))
+
+
 def _key_row(key: Key) -> tuple[Any, ...]:
     key.save_queued = False  # first: a change made while the row is read queues the key again
     row: tuple[Any, ...] = _UPDATED_ROW(key)
@@ -228,11 +291,52 @@ class Store:
         conn = connect(self.path)
         try:
             ran = upgrade(conn, self.path)
+            self._seal_plain_settings(conn)
         finally:
             conn.close()
         self._writer = threading.Thread(target=self._write_loop, name="sqlite-writer", daemon=True)
         self._writer.start()
         return ran
+
+    def _seal_plain_settings(self, conn: sqlite3.Connection) -> None:
+        """Encrypt the secret settings an earlier release stored in plain text, leaving no trace of them.
+
+        The table is emptied with secure_delete on, which zeroes its pages (and what earlier edits
+        left in their free space), and written back; then the WAL, whose older frames copy those
+        pages, is checkpointed and truncated (closing this connection would not remove it while
+        another program has pool.db open)."""
+        conn.execute("PRAGMA secure_delete = ON")  # many SQLite builds default to it, not all
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            rows = conn.execute("SELECT name, value FROM settings").fetchall()
+            plain = {name for name, stored in rows if _in_plain_text(name, stored)}
+            if plain:
+                conn.execute("DELETE FROM settings")
+                conn.executemany(
+                    "INSERT INTO settings (name, value) VALUES (?, ?)",
+                    [(name, self._seal(stored) if name in plain else stored) for name, stored in rows],
+                )
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        if plain:
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            log.info("encrypted %s, stored in plain text by an earlier release", ", ".join(sorted(plain)))
+
+    def _seal(self, text: str) -> str:
+        """A secret setting's stored JSON text, as the JSON string that holds its ciphertext."""
+        return orjson.dumps(SEALED + base64.b64encode(self.secrets.encrypt(text)).decode()).decode()
+
+    def _unseal(self, name: Any, stored: Any) -> Any:
+        """A stored value's JSON text: a sealed secret setting's decrypted, any other as stored."""
+        sealed = _sealed(stored) if name in SECRET_SETTINGS else None
+        return stored if sealed is None else self.secrets.decrypt(base64.b64decode(sealed, validate=True))
+
+    def _stored(self, name: str, value: Any) -> str:
+        text = orjson.dumps(value).decode()
+        return self._seal(text) if name in SECRET_SETTINGS else text
 
     def close(self) -> None:
         """Flush everything queued, stop the writer and the readers (once traffic has stopped)."""
@@ -253,14 +357,15 @@ class Store:
         return await self.read(self._load_keys)
 
     async def load_settings(self) -> dict[str, Any]:
-        """Stored values by name; a row that is not JSON is skipped (the setting keeps its default)."""
+        """Stored values by name (secret ones decrypted); a row that is not JSON, or does not decrypt,
+        is skipped (the setting keeps its default)."""
         rows = await self.read(lambda conn: conn.execute("SELECT name, value FROM settings").fetchall())
         values = {}
-        for name, value in rows:
+        for name, stored in rows:
             try:
-                values[str(name)] = orjson.loads(value)
-            except (orjson.JSONDecodeError, TypeError):
-                log.warning("setting %r in %s is not JSON: its default applies", str(name)[:64], self.path)
+                values[str(name)] = orjson.loads(self._unseal(name, stored))
+            except Exception:  # not JSON, or not decrypted: that row only
+                log.warning("setting %r in %s cannot be read: its default applies", str(name)[:64], self.path)
         return values
 
     def _load_keys(self, conn: sqlite3.Connection) -> list[Key]:
@@ -381,7 +486,7 @@ class Store:
             )
 
     async def save_settings(self, values: dict[str, Any]) -> None:
-        rows = [(name, orjson.dumps(value).decode()) for name, value in values.items()]
+        rows = [(name, self._stored(name, value)) for name, value in values.items()]
         await self.write(
             lambda conn: conn.executemany(
                 "INSERT INTO settings (name, value) VALUES (?, ?)"
