@@ -25,7 +25,18 @@ HIGH_WATER = 1024 * 1024  # answer bytes held for a slow reader before the upstr
 WATCH_SECONDS = 0.25  # how often silence is checked: timeouts fire up to this much late
 IDLE_SECONDS = 60.0  # an unused keep-alive connection is closed after this long
 NO_BODY_STATUSES = frozenset({204, 304})
-_CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,16}")
+
+# The grammar of RFC 9110 and 9112 as regular expressions, compiled once. The quantifiers are
+# possessive (no backtracking): every delimiter lies outside the class before it, so nothing a
+# backtrack could find is lost, and a refused 64 KiB line costs a linear scan.
+_TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]++"
+_TEXT = rb"[\t\x20-\x7e\x80-\xff]*+"  # a field value or reason phrase: no control byte but HTAB
+_QUOTED = rb'"(?:[\t !#-\[\]-~\x80-\xff]|\\[\t -~\x80-\xff])*+"'
+_STATUS_LINE = re.compile(rb"HTTP/1\.([01]) ([1-9][0-9][0-9])(?: " + _TEXT + rb")?+")
+_FIELD_LINE = re.compile(_TOKEN + rb":" + _TEXT)
+_FIELD_LINES = re.compile(rb"(?:\r\n" + _TOKEN + rb":" + _TEXT + rb")*+")  # a head's, after its status line
+_CHUNK_EXT = rb"[ \t]*+;[ \t]*+" + _TOKEN + rb"(?:[ \t]*+=[ \t]*+(?:" + _TOKEN + rb"|" + _QUOTED + rb"))?+"
+_CHUNK_LINE = re.compile(rb"([0-9A-Fa-f]{1,16})(?:" + _CHUNK_EXT + rb")*+")  # RFC 9112 §7.1 and §7.1.1
 
 # What the connection expects next from the upstream.
 _IDLE, _HEAD, _LENGTH, _CHUNK_SIZE_LINE, _CHUNK_DATA, _CHUNK_END, _TRAILER, _UNTIL_CLOSE = range(8)
@@ -314,6 +325,8 @@ class _Connection(asyncio.Protocol):
                 if state == _TRAILER:
                     if not line:
                         self._finish()
+                    elif not _FIELD_LINE.fullmatch(line):
+                        raise ProtocolError(f"a malformed trailer line: {line[:40]!r}")
                 else:
                     self._chunk_size(line)
             elif state == _CHUNK_END:
@@ -332,22 +345,13 @@ class _Connection(asyncio.Protocol):
         del buf[:pos]
 
     def _head(self, head: bytes) -> None:
-        lines = head.split(b"\r\n")
-        breaks = len(lines) - 1
-        if head.count(b"\n") != breaks or head.count(b"\r") != breaks or b"\x00" in head:
-            raise ProtocolError("a bare CR, LF or NUL in the answer's head")
-        status_line = lines[0]
-        code = status_line[9:12]
-        if not (
-            status_line[:7] == b"HTTP/1."
-            and status_line[8:9] == b" "
-            and code.isdigit()
-            and code.isascii()
-            and code[:1] != b"0"
-            and status_line[12:13] in (b"", b" ")
-        ):
-            raise ProtocolError(f"not an HTTP/1.x status line: {status_line[:40]!r}")
-        status = int(code)
+        status_line, _, fields = head.partition(b"\r\n")
+        version = _STATUS_LINE.fullmatch(status_line)
+        if version is None:
+            raise ProtocolError(f"not an HTTP/1.0 or HTTP/1.1 status line: {status_line[:40]!r}")
+        if not _FIELD_LINES.fullmatch(head, len(status_line)):  # names are tokens; no CR, LF or NUL
+            raise ProtocolError(f"a malformed header line: {_bad_field_line(fields)[:40]!r}")
+        status = int(version[2])
         if 100 <= status < 200:
             if status == 101:
                 raise ProtocolError("the upstream switched protocols")
@@ -355,10 +359,8 @@ class _Connection(asyncio.Protocol):
         headers: list[tuple[str, str]] = []
         content_type = length = encoding = connection = None
         gzipped = False
-        for line in lines[1:]:
-            name, colon, value = line.partition(b":")
-            if not colon or not name or name[-1:] in (b" ", b"\t") or line[:1] in (b" ", b"\t"):
-                raise ProtocolError(f"a malformed header line: {line[:40]!r}")
+        for line in fields.split(b"\r\n") if fields else ():
+            name, _, value = line.partition(b":")
             text = value.strip(b" \t").decode("utf-8", "surrogateescape")
             key = name.decode("latin-1")
             lower = key.lower()
@@ -376,17 +378,16 @@ class _Connection(asyncio.Protocol):
                 encoding = text if encoding is None else f"{encoding}, {text}"
             elif lower == "connection":
                 connection = text.lower()
-        self.keep_alive = status_line[7:8] == b"1" and not (connection and "close" in connection)
+        self.keep_alive = version[1] == b"1" and not (connection and "close" in connection)
         answer = self.answer = Answer(self, status, headers, content_type, gzipped)
         if self.no_body or status in NO_BODY_STATUSES:
             self._finish()
         elif encoding is not None:
+            if encoding.strip().lower() != "chunked":  # we sent no TE: any other coding is not ours to undo
+                raise ProtocolError(f"a transfer coding other than chunked: {encoding[:40]!r}")
             if length is not None:  # both framings: a smuggling risk, never reused (RFC 9112 §6.3)
                 self.keep_alive = False
-            if encoding.rpartition(",")[2].strip().lower() == "chunked":
-                self.state = _CHUNK_SIZE_LINE
-            else:
-                self.state, self.keep_alive = _UNTIL_CLOSE, False
+            self.state = _CHUNK_SIZE_LINE
         elif length is not None:
             if not (length.isascii() and length.isdigit()):
                 raise ProtocolError(f"a bad Content-Length: {length[:20]!r}")
@@ -401,10 +402,10 @@ class _Connection(asyncio.Protocol):
             waiter.set_result(answer)
 
     def _chunk_size(self, line: bytes) -> None:
-        size = line.partition(b";")[0].strip(b" \t")
-        if not _CHUNK_SIZE.fullmatch(size):
-            raise ProtocolError(f"a bad chunk size: {size[:20]!r}")
-        self.remaining = int(size, 16)
+        match = _CHUNK_LINE.fullmatch(line)
+        if match is None:
+            raise ProtocolError(f"a bad chunk-size line: {line[:40]!r}")
+        self.remaining = int(match[1], 16)
         self.state = _CHUNK_DATA if self.remaining else _TRAILER
 
     def _body(self, data: bytes) -> None:
@@ -432,6 +433,11 @@ class _Connection(asyncio.Protocol):
             self.close()
         if answer is not None:
             answer._end()
+
+
+def _bad_field_line(fields: bytes) -> bytes:
+    """The first header line that is not `token ":" field-value`, for the error."""
+    return next((line for line in fields.split(b"\r\n") if not _FIELD_LINE.fullmatch(line)), fields)
 
 
 def _find(buf: bytearray, end_mark: bytes, pos: int, what: str) -> int:

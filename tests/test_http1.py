@@ -366,6 +366,18 @@ def test_a_new_connection_closed_without_an_answer_is_not_retried(run) -> None:
         b"HTTP/1.1 200 OK\r\nX-A: 1\nX-B: 2\r\n\r\n",
         b"HTTP/1.1 200 OK\r\nX-A: \x00\r\n\r\n",
         b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: 9\r\n\r\nnot gzip!",
+        b"HTTP/1.x 200 OK\r\nContent-Length: 0\r\n\r\n",
+        b"HTTP/1.2 200 OK\r\nContent-Length: 0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nBad Name: x\r\nContent-Length: 0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nX\x01: x\r\nContent-Length: 0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nX: a\x01b\r\nContent-Length: 0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1;a\nb\r\nx\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1;a=\x01\r\nx\r\n0\r\n\r\n",
+        b'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1;a="x\r\nx\r\n0\r\n\r\n',
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n 1\r\nx\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nx\r\n0\r\nX: a\nb\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n1\r\nx\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: " + b"1" * 5000 + b"\r\n\r\n",
     ],
     ids=[
         "not-http",
@@ -382,6 +394,18 @@ def test_a_new_connection_closed_without_an_answer_is_not_retried(run) -> None:
         "bare-lf",
         "nul",
         "broken-gzip",
+        "version-x",
+        "version-1.2",
+        "header-name-space",
+        "header-name-control",
+        "header-value-control",
+        "chunk-ext-bare-lf",
+        "chunk-ext-control",
+        "chunk-ext-open-quote",
+        "chunk-size-leading-space",
+        "trailer-bare-lf",
+        "transfer-coding-gzip",
+        "length-too-long-for-int",
     ],
 )
 def test_what_is_not_http_is_a_protocol_error(run, answer: bytes) -> None:
@@ -391,6 +415,20 @@ def test_what_is_not_http_is_a_protocol_error(run, answer: bytes) -> None:
         assert not client.busy
 
     run(answering(answer), body)
+
+
+def test_what_rfc_9112_allows_in_chunk_lines_and_trailers_is_read(run) -> None:
+    async def body(upstream: Upstream, client: Http1Client) -> None:
+        for _ in range(2):
+            answer = await send(client, upstream.url())
+            assert answer.status == 200 and await answer.read() == b"xyz"
+        assert upstream.connections == 1
+
+    answer = (
+        b"HTTP/1.1 200\r\nX-Empty:\r\nX-Odd: caf\xc3\xa9 \t\r\nTransfer-Encoding: Chunked\r\n\r\n"
+        b'1 ; a = "q\\"x" ;b=tok\t;c\r\nx\r\n2;!#$%&\'*+-.^_`|~=v\r\nyz\r\n0;last\r\nX-T: t\r\n\r\n'
+    )
+    run(answering(answer, answer), body)
 
 
 def test_silence_longer_than_read_timeout_times_out(run) -> None:
