@@ -8,6 +8,11 @@ once and its body handed over in the chunks it arrives in (gzip, which it asks f
 line to the upstream, undone on the way). That part is here; one timer per client watches every
 connection for silence instead of one timer per read. The admin's few calls (balance checks,
 the model list) still go through aiohttp.
+
+The upstream is not trusted: its framing is checked to the letter of RFC 9112 (a lax parser
+on a reused connection is one desync away from handing one answer's bytes to another caller),
+and no answer can make the proxy hold more than about HIGH_WATER bytes of it, however well it
+compresses, unless the reader asks for the whole body, and then only up to the reader's limit.
 """
 
 from __future__ import annotations
@@ -22,10 +27,24 @@ from yarl import URL
 
 MAX_HEAD = 64 * 1024  # an answer head (status line and headers) larger than this is refused
 HIGH_WATER = 1024 * 1024  # answer bytes held for a slow reader before the upstream is paused
+MAX_GZIP_LAYERS = 2  # gzip applied more times than this is passed on as it came, headers and all
+LAYER_STEP = 64 * 1024  # bytes an inner gzip layer takes from the one around it at a time
 WATCH_SECONDS = 0.25  # how often silence is checked: timeouts fire up to this much late
 IDLE_SECONDS = 60.0  # an unused keep-alive connection is closed after this long
 NO_BODY_STATUSES = frozenset({204, 304})
-_CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,16}")
+_GZIP = frozenset({"gzip", "x-gzip"})  # RFC 9110 §8.4.1.3: x-gzip is gzip
+
+# The grammar of RFC 9110 and 9112 as regular expressions, compiled once. The quantifiers are
+# possessive (no backtracking): every delimiter lies outside the class before it, so nothing a
+# backtrack could find is lost, and a refused 64 KiB line costs a linear scan.
+_TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]++"
+_TEXT = rb"[\t\x20-\x7e\x80-\xff]*+"  # a field value or reason phrase: no control byte but HTAB
+_QUOTED = rb'"(?:[\t !#-\[\]-~\x80-\xff]|\\[\t -~\x80-\xff])*+"'
+_STATUS_LINE = re.compile(rb"HTTP/1\.([01]) ([1-9][0-9][0-9])(?: " + _TEXT + rb")?+")
+_FIELD_LINE = re.compile(_TOKEN + rb":" + _TEXT)
+_FIELD_LINES = re.compile(rb"(?:\r\n" + _TOKEN + rb":" + _TEXT + rb")*+")  # a head's, after its status line
+_CHUNK_EXT = rb"[ \t]*+;[ \t]*+" + _TOKEN + rb"(?:[ \t]*+=[ \t]*+(?:" + _TOKEN + rb"|" + _QUOTED + rb"))?+"
+_CHUNK_LINE = re.compile(rb"([0-9A-Fa-f]{1,16})(?:" + _CHUNK_EXT + rb")*+")  # RFC 9112 §7.1 and §7.1.1
 
 # What the connection expects next from the upstream.
 _IDLE, _HEAD, _LENGTH, _CHUNK_SIZE_LINE, _CHUNK_DATA, _CHUNK_END, _TRAILER, _UNTIL_CLOSE = range(8)
@@ -49,6 +68,10 @@ class ProtocolError(UpstreamError):
 
 class UpstreamTimeout(UpstreamError, TimeoutError):
     """Connecting took longer than connect_timeout, or the upstream went silent for read_timeout."""
+
+
+class AnswerTooLarge(UpstreamError):
+    """The body is larger than the reader's limit (counted after gzip is undone): it was given up."""
 
 
 class Target(NamedTuple):
@@ -94,28 +117,41 @@ class Answer:
         status: int,
         headers: list[tuple[str, str]],
         content_type: str | None,
-        gzipped: bool = False,
+        gzip_layers: int = 0,
     ) -> None:
         self.status, self.headers, self.content_type = status, headers, content_type
-        self._gunzip = zlib.decompressobj(wbits=31) if gzipped else None
+        gunzip = None
+        for _ in range(gzip_layers):
+            gunzip = _Gunzip(gunzip)
+        self._gunzip = gunzip  # the last layer to undo: it gives out the plain body (bytes go in at the first)
         self._conn: _Connection | None = conn  # until the body has all arrived
         self._chunks: list[bytes] = []
-        self._size = 0
-        self._ended = False
+        self._size = 0  # bytes in _chunks
+        self._ended = False  # all of the body has arrived (gzip may still be undone from it)
         self._error: BaseException | None = None
         self._waiter: asyncio.Future[None] | None = None
 
     async def readany(self) -> bytes:
         """What has arrived since the last call (waiting for something if nothing has); b"" at the end.
 
-        Bytes that arrived before a failure are handed over before the failure is raised."""
+        Bytes that arrived before a failure are handed over before the failure is raised. gzip
+        is undone as the bytes arrive until HIGH_WATER bytes wait to be read; the rest of what
+        has arrived, only as the reader asks for it, HIGH_WATER bytes at a time."""
         while not self._chunks:
             if self._error is not None:
                 raise self._error
+            if self._gunzip is not None and self._gunzip.pending():
+                try:
+                    self._inflate(HIGH_WATER)
+                except ProtocolError as exc:
+                    self._break(exc)
+                continue
             if self._ended:
                 return b""
             conn = self._conn
             assert conn is not None
+            if conn.paused:  # nothing is held any more (a last gzip step may give nothing): read on
+                conn.resume()
             self._waiter = conn.loop.create_future()
             try:
                 await self._waiter
@@ -125,20 +161,34 @@ class Answer:
         data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         chunks.clear()
         self._size = 0
-        if self._conn is not None and self._conn.paused:
-            self._conn.resume()
+        conn = self._conn
+        if conn is not None and conn.paused and not (self._gunzip is not None and self._gunzip.pending()):
+            conn.resume()
         return data
 
-    async def read(self) -> bytes:
-        """The whole body."""
+    async def read(self, limit: int | None = None) -> bytes:
+        """The whole body; AnswerTooLarge once it passes `limit` bytes, and the answer is given up."""
         parts = []
+        size = 0
         while part := await self.readany():
+            size += len(part)
+            if limit is not None and size > limit:
+                error = AnswerTooLarge(f"the upstream's answer is over {limit / (1024 * 1024):g} MB")
+                self._break(error)
+                self._chunks.clear()
+                self._gunzip = None
+                raise error
             parts.append(part)
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def at_eof(self) -> bool:
-        """True once the body has all arrived and been read."""
-        return self._ended and not self._chunks
+        """True once the body has all arrived, been checked and been read."""
+        return (
+            self._ended
+            and not self._chunks
+            and self._error is None
+            and not (self._gunzip is not None and self._gunzip.pending())
+        )
 
     def release(self) -> None:
         """Done with the answer: a connection still receiving it cannot be reused, so it closes."""
@@ -149,22 +199,52 @@ class Answer:
     # -- fed by the connection ----------------------------------------------------------------
 
     def _feed(self, data: bytes) -> None:
-        if self._gunzip is not None:
-            data = self._gunzip.decompress(data)
-            if not data:
-                return
-        self._chunks.append(data)
-        self._size += len(data)
+        """Body bytes as they arrive; a broken gzip body raises ProtocolError for the connection."""
+        gunzip = self._gunzip
+        if gunzip is None:
+            self._chunks.append(data)
+            self._size += len(data)
+        else:
+            gunzip.give(data)
+            self._inflate(HIGH_WATER - self._size)
         self._wake()
-        if self._size > HIGH_WATER and self._conn is not None:
-            self._conn.pause()
+        if self._size >= HIGH_WATER and self._conn is not None:
+            self._conn.pause()  # the reader resumes it once it has taken what is held
+
+    def _inflate(self, budget: int) -> None:
+        """Undo gzip into the chunks, `budget` bytes at most; at the end of the body, check its end."""
+        gunzip = self._gunzip
+        assert gunzip is not None
+        while budget > 0 and (part := gunzip.take(budget)):
+            self._chunks.append(part)
+            self._size += len(part)
+            budget -= len(part)
+        if self._ended and not gunzip.pending():
+            gunzip.check_end()
+
+    def _checked(self) -> bool:
+        """The body arrived whole and valid, gzip and all: the connection that carried it is sound.
+
+        A gzip body not yet all undone (its reader lags) is not known to be valid: its
+        connection closes rather than wait for the reader."""
+        return self._error is None and not (self._gunzip is not None and self._gunzip.pending())
 
     def _end(self) -> None:
-        if self._gunzip is not None and (rest := self._gunzip.flush()):
-            self._chunks.append(rest)
         self._ended = True
         self._conn = None  # the connection may serve another request from here on
+        if self._gunzip is not None:
+            try:
+                self._inflate(HIGH_WATER - self._size)
+            except ProtocolError as exc:
+                self._error = exc
         self._wake()
+
+    def _break(self, error: UpstreamError) -> None:
+        """Fail the answer from the reader's side, closing a connection still receiving it."""
+        if self._conn is not None:
+            self._conn._fail(error)  # which fails this answer too
+        else:
+            self._fail(error)
 
     def _fail(self, error: BaseException) -> None:
         self._error = error
@@ -175,6 +255,75 @@ class Answer:
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
+
+
+class _Gunzip:
+    """One layer of gzip, undone in steps of bounded output, over every member the body holds.
+
+    zlib's `max_length` keeps a small packet from inflating to gigabytes at once; what it did
+    not take waits in `tail`. A layer with a `source` (gzip applied twice) takes its input
+    from that layer's output, in the same bounded steps."""
+
+    __slots__ = ("after_member", "inflater", "more", "source", "tail")
+
+    def __init__(self, source: _Gunzip | None) -> None:
+        self.source = source
+        self.inflater: zlib._Decompress | None = None  # None between members
+        self.tail = b""  # input not yet taken by the inflater
+        self.more = False  # the last step filled its limit: the inflater may hold more output
+        self.after_member = False  # a member has ended: zero bytes may pad the rest (as gzip(1) allows)
+
+    def give(self, data: bytes) -> None:
+        """Body bytes as they arrive (for the outermost layer)."""
+        if self.source is not None:
+            self.source.give(data)
+        else:
+            self.tail = self.tail + data if self.tail else data
+
+    def pending(self) -> bool:
+        """Input is held that may still give output."""
+        return bool(self.tail) or self.more or (self.source is not None and self.source.pending())
+
+    def take(self, limit: int) -> bytes:
+        """Up to `limit` plain bytes from the input given so far; b"" once it is used up."""
+        while True:
+            out = self._inflate(limit)
+            if out or self.source is None:
+                return out
+            feed = self.source.take(LAYER_STEP)
+            if not feed:
+                return b""
+            self.tail = feed  # _inflate gave nothing: it used up all it had
+
+    def check_end(self) -> None:
+        """At the end of the body: a member begun and not ended is a body cut short."""
+        if self.inflater is not None:
+            raise ProtocolError("the gzip body is cut short")
+        if self.source is not None:
+            self.source.check_end()
+
+    def _inflate(self, limit: int) -> bytes:
+        parts = []
+        try:
+            while limit > 0 and (self.tail or self.more):
+                inflater = self.inflater
+                if inflater is None:
+                    if self.after_member:
+                        self.tail = self.tail.lstrip(b"\x00")
+                        if not self.tail:
+                            break
+                    inflater = self.inflater = zlib.decompressobj(wbits=31)
+                part = inflater.decompress(self.tail, limit)
+                limit -= len(part)
+                if inflater.eof:  # what follows is another member, padding, or garbage (a zlib.error)
+                    self.tail, self.inflater, self.more, self.after_member = inflater.unused_data, None, False, True
+                else:
+                    self.tail, self.more = inflater.unconsumed_tail, not limit
+                if part:
+                    parts.append(part)
+        except zlib.error as exc:
+            raise ProtocolError(f"a broken gzip body: {exc}") from None
+        return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 class _Connection(asyncio.Protocol):
@@ -205,15 +354,15 @@ class _Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self.last_read = self.loop.time()
         self.got_bytes = True
-        if self.state == _LENGTH and not self.buf and len(data) <= self.remaining:
-            self._body(data)  # the usual case once the head is in: the bytes go straight through
-            return
-        self.buf += data
         try:
-            self._parse()
-        except UpstreamError as exc:
+            if self.state == _LENGTH and not self.buf and len(data) <= self.remaining:
+                self._body(data)  # the usual case once the head is in: the bytes go straight through
+            else:
+                self.buf += data
+                self._parse()
+        except UpstreamError as exc:  # bad framing, a broken gzip body
             self._fail(exc)
-        except (ValueError, zlib.error) as exc:  # a number that did not parse, a broken gzip body
+        except ValueError as exc:  # a number too long for int()
             self._fail(ProtocolError(f"an unreadable answer: {exc}"))
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -314,6 +463,8 @@ class _Connection(asyncio.Protocol):
                 if state == _TRAILER:
                     if not line:
                         self._finish()
+                    elif not _FIELD_LINE.fullmatch(line):
+                        raise ProtocolError(f"a malformed trailer line: {line[:40]!r}")
                 else:
                     self._chunk_size(line)
             elif state == _CHUNK_END:
@@ -332,40 +483,26 @@ class _Connection(asyncio.Protocol):
         del buf[:pos]
 
     def _head(self, head: bytes) -> None:
-        lines = head.split(b"\r\n")
-        breaks = len(lines) - 1
-        if head.count(b"\n") != breaks or head.count(b"\r") != breaks or b"\x00" in head:
-            raise ProtocolError("a bare CR, LF or NUL in the answer's head")
-        status_line = lines[0]
-        code = status_line[9:12]
-        if not (
-            status_line[:7] == b"HTTP/1."
-            and status_line[8:9] == b" "
-            and code.isdigit()
-            and code.isascii()
-            and code[:1] != b"0"
-            and status_line[12:13] in (b"", b" ")
-        ):
-            raise ProtocolError(f"not an HTTP/1.x status line: {status_line[:40]!r}")
-        status = int(code)
+        status_line, _, fields = head.partition(b"\r\n")
+        version = _STATUS_LINE.fullmatch(status_line)
+        if version is None:
+            raise ProtocolError(f"not an HTTP/1.0 or HTTP/1.1 status line: {status_line[:40]!r}")
+        if not _FIELD_LINES.fullmatch(head, len(status_line)):  # names are tokens; no CR, LF or NUL
+            raise ProtocolError(f"a malformed header line: {_bad_field_line(fields)[:40]!r}")
+        status = int(version[2])
         if 100 <= status < 200:
             if status == 101:
                 raise ProtocolError("the upstream switched protocols")
             return  # an interim answer (103 Early Hints…): the real one follows
         headers: list[tuple[str, str]] = []
         content_type = length = encoding = connection = None
-        gzipped = False
-        for line in lines[1:]:
-            name, colon, value = line.partition(b":")
-            if not colon or not name or name[-1:] in (b" ", b"\t") or line[:1] in (b" ", b"\t"):
-                raise ProtocolError(f"a malformed header line: {line[:40]!r}")
+        codings: list[str] = []
+        for line in fields.split(b"\r\n") if fields else ():
+            name, _, value = line.partition(b":")
             text = value.strip(b" \t").decode("utf-8", "surrogateescape")
             key = name.decode("latin-1")
-            lower = key.lower()
-            if lower == "content-encoding" and text.lower() == "gzip":
-                gzipped = True  # undone here, so the header goes: the client gets plain bytes
-                continue
             headers.append((key, text))
+            lower = key.lower()
             if lower == "content-type":
                 content_type = text
             elif lower == "content-length":
@@ -376,17 +513,22 @@ class _Connection(asyncio.Protocol):
                 encoding = text if encoding is None else f"{encoding}, {text}"
             elif lower == "connection":
                 connection = text.lower()
-        self.keep_alive = status_line[7:8] == b"1" and not (connection and "close" in connection)
-        answer = self.answer = Answer(self, status, headers, content_type, gzipped)
-        if self.no_body or status in NO_BODY_STATUSES:
+            elif lower == "content-encoding":
+                codings.append(text)
+        self.keep_alive = version[1] == b"1" and not (connection and "close" in connection)
+        no_body = self.no_body or status in NO_BODY_STATUSES
+        layers = _gzip_layers(codings) if codings and not no_body else 0
+        if layers:  # undone here, so the headers go: the client gets plain bytes
+            headers = [header for header in headers if header[0].lower() != "content-encoding"]
+        answer = self.answer = Answer(self, status, headers, content_type, layers)
+        if no_body:
             self._finish()
         elif encoding is not None:
+            if encoding.strip().lower() != "chunked":  # we sent no TE: any other coding is not ours to undo
+                raise ProtocolError(f"a transfer coding other than chunked: {encoding[:40]!r}")
             if length is not None:  # both framings: a smuggling risk, never reused (RFC 9112 §6.3)
                 self.keep_alive = False
-            if encoding.rpartition(",")[2].strip().lower() == "chunked":
-                self.state = _CHUNK_SIZE_LINE
-            else:
-                self.state, self.keep_alive = _UNTIL_CLOSE, False
+            self.state = _CHUNK_SIZE_LINE
         elif length is not None:
             if not (length.isascii() and length.isdigit()):
                 raise ProtocolError(f"a bad Content-Length: {length[:20]!r}")
@@ -401,10 +543,10 @@ class _Connection(asyncio.Protocol):
             waiter.set_result(answer)
 
     def _chunk_size(self, line: bytes) -> None:
-        size = line.partition(b";")[0].strip(b" \t")
-        if not _CHUNK_SIZE.fullmatch(size):
-            raise ProtocolError(f"a bad chunk size: {size[:20]!r}")
-        self.remaining = int(size, 16)
+        match = _CHUNK_LINE.fullmatch(line)
+        if match is None:
+            raise ProtocolError(f"a bad chunk-size line: {line[:40]!r}")
+        self.remaining = int(match[1], 16)
         self.state = _CHUNK_DATA if self.remaining else _TRAILER
 
     def _body(self, data: bytes) -> None:
@@ -425,13 +567,27 @@ class _Connection(asyncio.Protocol):
         """The answer is complete: the connection goes back to the pool, or closes."""
         self.state = _IDLE
         answer, self.answer = self.answer, None
-        if self.keep_alive and not self.closed:
+        if answer is not None:
+            answer._end()  # which may find the gzip body broken or cut short
+        if self.keep_alive and not self.closed and (answer is None or answer._checked()):
             self.resume()  # a pause was for the answer's reader; the next answer must be read
             self.client._park(self)
         else:
             self.close()
-        if answer is not None:
-            answer._end()
+
+
+def _gzip_layers(values: list[str]) -> int:
+    """How many layers of gzip the Content-Encoding values ask to undo; 0 to pass the body on as it
+    came (another coding among them, or too many layers), headers and all."""
+    codings = [coding.strip().lower() for value in values for coding in value.split(",") if coding.strip()]
+    if len(codings) > MAX_GZIP_LAYERS or not _GZIP.issuperset(codings):
+        return 0
+    return len(codings)
+
+
+def _bad_field_line(fields: bytes) -> bytes:
+    """The first header line that is not `token ":" field-value`, for the error."""
+    return next((line for line in fields.split(b"\r\n") if not _FIELD_LINE.fullmatch(line)), fields)
 
 
 def _find(buf: bytearray, end_mark: bytes, pos: int, what: str) -> int:

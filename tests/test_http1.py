@@ -11,8 +11,10 @@ import asyncio
 import contextlib
 import datetime
 import gzip
+import random
 import ssl
 import time
+import zlib
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -28,6 +30,7 @@ from silicon_pool.http1 import (
     HIGH_WATER,
     WATCH_SECONDS,
     Answer,
+    AnswerTooLarge,
     ConnectFailed,
     Disconnected,
     Http1Client,
@@ -83,13 +86,16 @@ class Upstream:
 @pytest.fixture(params=["asyncio", "uvloop"])
 def run(request: pytest.FixtureRequest) -> Callable[..., None]:
     """run(script, body): an upstream running `script`, a client, and `body(upstream, client)`, on
-    a fresh loop of the parametrized kind; both are closed afterwards, whatever happened."""
+    a fresh loop of the parametrized kind; both are closed afterwards, whatever happened. An
+    exception that escapes a protocol callback (the loop's exception handler) fails the test."""
     factory = asyncio.new_event_loop if request.param == "asyncio" else uvloop.new_event_loop
 
     def runner(
         script: Script, body: Body, tls: ssl.SSLContext | None = None, trust: ssl.SSLContext | None = None
     ) -> None:
         async def main() -> None:
+            escaped: list[dict[str, Any]] = []
+            asyncio.get_running_loop().set_exception_handler(lambda loop, context: escaped.append(context))
             upstream = Upstream(script)
             await upstream.start(tls)
             client = Http1Client(trust)
@@ -99,6 +105,7 @@ def run(request: pytest.FixtureRequest) -> Callable[..., None]:
             finally:
                 await client.close()
                 upstream.close()
+            assert not escaped, escaped[0].get("message")
 
         with asyncio.Runner(loop_factory=factory) as loop_runner:
             loop_runner.run(main())
@@ -116,6 +123,15 @@ def answering(*answers: bytes, then_close: bool = False) -> Script:
             await writer.drain()
         if not then_close:
             await reader.read()  # keep the connection open until the client closes it
+
+    return script
+
+
+def first_then(first: Script, rest: Script) -> Script:
+    """A script that runs `first` on the first connection and `rest` on every later one."""
+
+    async def script(upstream: Upstream, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await (first if upstream.connections == 1 else rest)(upstream, reader, writer)
 
     return script
 
@@ -210,6 +226,120 @@ def test_a_gzip_answer_arrives_plain_and_other_encodings_pass_as_they_are(run) -
             assert not any(name.lower() == "content-encoding" for name, _ in answer.headers)
         answer = await send(client, upstream.url())
         assert await answer.read() == b"\x0b\x01\x80x" and ("Content-Encoding", "br") in answer.headers
+
+    run(script, body)
+
+
+def gzip_answer(body: bytes, encoding: bytes = b"Content-Encoding: gzip") -> bytes:
+    return b"HTTP/1.1 200 OK\r\n%s\r\nContent-Length: %d\r\n\r\n%s" % (encoding, len(body), body)
+
+
+@pytest.mark.parametrize(
+    ("body", "plain"),
+    [
+        (gzip.compress(b"one, ") + gzip.compress(b"two"), b"one, two"),
+        (gzip.compress(b"one, ") + gzip.compress(b"") + gzip.compress(b"two") + b"\0" * 10, b"one, two"),
+    ],
+    ids=["two-members", "an-empty-member-and-zero-padding"],
+)
+def test_a_gzip_body_of_several_members_is_undone_whole(run, body: bytes, plain: bytes) -> None:
+    async def body_(upstream: Upstream, client: Http1Client) -> None:
+        for _ in range(2):
+            assert await (await send(client, upstream.url())).read() == plain
+        assert upstream.connections == 1
+
+    run(answering(gzip_answer(body), gzip_answer(body)), body_)
+
+
+@pytest.mark.parametrize(
+    "encoding",
+    [
+        b"Content-Encoding: gzip\r\nContent-Encoding: gzip",
+        b"Content-Encoding: gzip, x-gzip",
+        b"Content-Encoding: gzip,",
+    ],
+    ids=["two-headers", "one-list", "an-empty-element"],
+)
+def test_gzip_once_or_twice_is_undone_whole_and_its_headers_go(run, encoding: bytes) -> None:
+    text = b"plain at last " * 1000
+    layers = encoding.count(b"gzip")
+
+    async def body(upstream: Upstream, client: Http1Client) -> None:
+        answer = await send(client, upstream.url())
+        assert await answer.read() == text
+        assert not any(name.lower() == "content-encoding" for name, _ in answer.headers)
+
+    packed = text
+    for _ in range(layers):
+        packed = gzip.compress(packed)
+    run(answering(gzip_answer(packed, encoding)), body)
+
+
+@pytest.mark.parametrize(
+    "encoding",
+    [
+        b"Content-Encoding: gzip, gzip, gzip",
+        b"Content-Encoding: gzip\r\nContent-Encoding: br",
+        b"Content-Encoding: identity, gzip",
+        b"Content-Encoding: deflate",
+        b"Content-Encoding: ",
+    ],
+    ids=["three-layers", "gzip-then-br", "identity-and-gzip", "deflate", "empty"],
+)
+def test_other_codings_pass_on_untouched_with_their_headers(run, encoding: bytes) -> None:
+    packed = gzip.compress(gzip.compress(gzip.compress(b"three times")))
+
+    async def body(upstream: Upstream, client: Http1Client) -> None:
+        answer = await send(client, upstream.url())
+        assert await answer.read() == packed
+        sent = [line.partition(b": ")[::2] for line in encoding.split(b"\r\n")]
+        assert [(name, value) for name, value in answer.headers if name == "Content-Encoding"] == [
+            (name.decode(), value.decode().strip()) for name, value in sent
+        ]
+
+    run(answering(gzip_answer(packed, encoding)), body)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        gzip.compress(b"whole") + b"garbage",
+        gzip.compress(b"whole")[:-3],
+        gzip.compress(b"whole") + gzip.compress(b"cut")[:-3],
+        gzip.compress(b"whole") + b"\0\0\x1f",
+    ],
+    ids=["garbage-after", "cut-short", "second-member-cut-short", "padding-then-a-byte"],
+)
+def test_a_broken_or_cut_gzip_body_is_a_protocol_error_and_its_connection_goes(run, body: bytes) -> None:
+    async def body_(upstream: Upstream, client: Http1Client) -> None:
+        with pytest.raises(ProtocolError, match="gzip"):
+            await (await send(client, upstream.url())).read()
+        assert not client.busy and not client._idle.get(target(upstream.url()).origin)
+        assert await (await send(client, upstream.url())).read() == b'{"a":1}'
+        assert upstream.connections == 2
+
+    run(first_then(answering(gzip_answer(body), OK), answering(OK)), body_)
+
+
+def test_a_gzip_body_broken_in_a_later_packet_is_a_protocol_error(run) -> None:
+    """The later packets of a length-framed body take the fast path in data_received."""
+    packed = gzip.compress(random.Random(13).randbytes(50_000))
+    broken = packed[:1000] + bytes(1000) + packed[2000:]
+
+    async def script(upstream: Upstream, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await upstream.read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: %d\r\n\r\n" % len(broken))
+        writer.write(broken[:500])
+        await writer.drain()
+        await asyncio.sleep(0.05)  # the head is parsed: what follows comes straight to the body
+        writer.write(broken[500:])
+        await reader.read()
+
+    async def body(upstream: Upstream, client: Http1Client) -> None:
+        answer = await send(client, upstream.url())
+        with pytest.raises(ProtocolError, match="broken gzip"):
+            await answer.read()
+        assert not client.busy
 
     run(script, body)
 
@@ -366,6 +496,18 @@ def test_a_new_connection_closed_without_an_answer_is_not_retried(run) -> None:
         b"HTTP/1.1 200 OK\r\nX-A: 1\nX-B: 2\r\n\r\n",
         b"HTTP/1.1 200 OK\r\nX-A: \x00\r\n\r\n",
         b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: 9\r\n\r\nnot gzip!",
+        b"HTTP/1.x 200 OK\r\nContent-Length: 0\r\n\r\n",
+        b"HTTP/1.2 200 OK\r\nContent-Length: 0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nBad Name: x\r\nContent-Length: 0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nX\x01: x\r\nContent-Length: 0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nX: a\x01b\r\nContent-Length: 0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1;a\nb\r\nx\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1;a=\x01\r\nx\r\n0\r\n\r\n",
+        b'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1;a="x\r\nx\r\n0\r\n\r\n',
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n 1\r\nx\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nx\r\n0\r\nX: a\nb\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n1\r\nx\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: " + b"1" * 5000 + b"\r\n\r\n",
     ],
     ids=[
         "not-http",
@@ -382,6 +524,18 @@ def test_a_new_connection_closed_without_an_answer_is_not_retried(run) -> None:
         "bare-lf",
         "nul",
         "broken-gzip",
+        "version-x",
+        "version-1.2",
+        "header-name-space",
+        "header-name-control",
+        "header-value-control",
+        "chunk-ext-bare-lf",
+        "chunk-ext-control",
+        "chunk-ext-open-quote",
+        "chunk-size-leading-space",
+        "trailer-bare-lf",
+        "transfer-coding-gzip",
+        "length-too-long-for-int",
     ],
 )
 def test_what_is_not_http_is_a_protocol_error(run, answer: bytes) -> None:
@@ -391,6 +545,20 @@ def test_what_is_not_http_is_a_protocol_error(run, answer: bytes) -> None:
         assert not client.busy
 
     run(answering(answer), body)
+
+
+def test_what_rfc_9112_allows_in_chunk_lines_and_trailers_is_read(run) -> None:
+    async def body(upstream: Upstream, client: Http1Client) -> None:
+        for _ in range(2):
+            answer = await send(client, upstream.url())
+            assert answer.status == 200 and await answer.read() == b"xyz"
+        assert upstream.connections == 1
+
+    answer = (
+        b"HTTP/1.1 200\r\nX-Empty:\r\nX-Odd: caf\xc3\xa9 \t\r\nTransfer-Encoding: Chunked\r\n\r\n"
+        b'1 ; a = "q\\"x" ;b=tok\t;c\r\nx\r\n2;!#$%&\'*+-.^_`|~=v\r\nyz\r\n0;last\r\nX-T: t\r\n\r\n'
+    )
+    run(answering(answer, answer), body)
 
 
 def test_silence_longer_than_read_timeout_times_out(run) -> None:
@@ -486,6 +654,86 @@ def test_a_slow_reader_pauses_the_upstream_and_loses_nothing(run) -> None:
         assert await answer.read() == payload
 
     run(script, body)
+
+
+def test_a_gzip_bomb_is_undone_a_step_at_a_time_as_it_is_read(run) -> None:
+    size = 32 * HIGH_WATER
+    bomb = gzip.compress(bytes(size), 9)  # 32 KiB that inflate to 32 MiB
+
+    async def body(upstream: Upstream, client: Http1Client) -> None:
+        answer = await send(client, upstream.url())
+        await asyncio.sleep(0.2)  # it has all arrived; nobody reads
+        assert answer._size <= HIGH_WATER
+        got = 0
+        while chunk := await answer.readany():
+            assert len(chunk) <= HIGH_WATER and not chunk.strip(b"\0")
+            got += len(chunk)
+        assert got == size and answer.at_eof()
+
+    run(answering(gzip_answer(bomb)), body)
+
+
+def test_an_endless_gzip_stream_read_slowly_holds_a_bounded_amount(run) -> None:
+    """A relay reading slower than a well-compressed stream arrives: the upstream is paused
+    with at most HIGH_WATER bytes inflated and the raw bytes of a few packets held."""
+
+    async def script(upstream: Upstream, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await upstream.read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n")
+        packer = zlib.compressobj(9, wbits=31)
+        while True:
+            packed = packer.compress(b"data: {}\n\n" * 100_000) + packer.flush(zlib.Z_SYNC_FLUSH)
+            writer.write(b"%x\r\n%s\r\n" % (len(packed), packed))
+            await writer.drain()
+
+    async def body(upstream: Upstream, client: Http1Client) -> None:
+        answer = await send(client, upstream.url(), read_timeout=0.5)
+        for _ in range(3):
+            await asyncio.sleep(0.3)  # nobody reads; the watchdog must not count a pause as silence
+            (conn,) = client.busy
+            assert conn.paused and answer._size <= HIGH_WATER
+            assert answer._gunzip is not None and len(answer._gunzip.tail) <= 1024 * 1024
+            for _ in range(20):
+                chunk = await answer.readany()
+                assert chunk and len(chunk) <= HIGH_WATER and set(chunk) <= set(b"data: {}\n")
+        answer.release()
+
+    run(script, body)
+
+
+async def endless_json(upstream: Upstream, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    await upstream.read_request(reader)
+    writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n")
+    while True:
+        writer.write(b"10000\r\n%s\r\n" % (b" " * 0x10000))
+        await writer.drain()
+
+
+@pytest.mark.parametrize(
+    ("script", "limit", "message", "connections"),
+    [
+        (endless_json, 2 * 1024 * 1024, "over 2 MB", 2),
+        (answering(gzip_answer(gzip.compress(bytes(64 * HIGH_WATER)))), HIGH_WATER, "over 1 MB", 2),
+        # all of it arrived, framed right: the connection is sound and serves the next request
+        (answering(b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\n12345678", OK), 7, "over 6.67572e-06 MB", 1),
+    ],
+    ids=["endless-chunked", "gzip-bomb", "one-byte-over"],
+)
+def test_an_answer_over_the_readers_limit_is_given_up(
+    run, script: Script, limit: int, message: str, connections: int
+) -> None:
+    async def body(upstream: Upstream, client: Http1Client) -> None:
+        answer = await send(client, upstream.url())
+        with pytest.raises(AnswerTooLarge, match=message):
+            await answer.read(limit)
+        assert answer._chunks == [] and answer._gunzip is None  # nothing more is held
+        with pytest.raises(AnswerTooLarge):
+            await answer.readany()
+        assert not client.busy
+        assert await (await send(client, upstream.url())).read(7) == b'{"a":1}'  # exactly the limit: fine
+        assert upstream.connections == connections
+
+    run(first_then(script, answering(OK)), body)
 
 
 # -- TLS ---------------------------------------------------------------------------------------------
