@@ -24,7 +24,7 @@ import orjson
 from aiohttp import web
 
 from .hosts import HostCheck
-from .http1 import Answer, Http1Client, Target, UpstreamError, target
+from .http1 import Answer, AnswerTooLarge, Http1Client, ProtocolError, Target, UpstreamError, target
 from .keys import MAX_ERROR, UNCHECKED, Key
 from .limits import (
     BUSY,
@@ -461,14 +461,12 @@ class Proxy:
                 pool.release(key)
                 if not isinstance(exc, UPSTREAM_FAILURES):
                     raise
-                failures.append(describe_exception(exc))
-                pool.cool(key, settings.cooldown_seconds, failures[-1])
-                cooled = True
+                cooled |= self._upstream_failed(key, exc, failures)
                 continue
             try:
                 if upstream.status < 400:
                     return await self._relay(request, upstream, key, call, endpoint)
-                answer = await upstream.read()
+                answer = await upstream.read(settings.max_answer_mb * MB)
                 outcome = classify(upstream.status, answer)
                 zero_balance_refused = outcome is Outcome.NO_BALANCE and key.tier == FREE
                 if outcome is Outcome.CLIENT or (zero_balance_refused and call.model not in settings.free_model_set):
@@ -482,10 +480,13 @@ class Proxy:
                 if zero_balance_refused:
                     # Zero-balance keys refuse even free models now: spend the other attempts on keys with balance.
                     tiers = tuple(t for t in tiers if t != FREE)
+            except AnswerTooLarge:  # whatever the upstream is doing, no key would fare better
+                mb = settings.max_answer_mb
+                message = f"The upstream's answer is over max_answer_mb ({mb} MB) (上游应答超过 {mb} MB)"
+                self._log(call, 502, key, error=message)
+                return openai_error(502, message, "upstream_error", "answer_too_large")
             except UPSTREAM_FAILURES as exc:  # the answer broke before a byte reached the client
-                failures.append(describe_exception(exc))
-                pool.cool(key, settings.cooldown_seconds, failures[-1])
-                cooled = True
+                cooled |= self._upstream_failed(key, exc, failures)
             except BadAnswer as exc:  # the upstream's fault, not the key's: another key may fare better
                 failures.append(str(exc))
                 pool.note_error(key, failures[-1])
@@ -494,6 +495,16 @@ class Proxy:
                 pool.release(key)
         call.key = None
         return self._no_key(call, tiers, failures, cooled)
+
+    def _upstream_failed(self, key: Key, exc: BaseException, failures: list[str]) -> bool:
+        """The network to the upstream failed: the key rests (True). Bytes that are not HTTP are
+        the upstream's doing, not the key's: noted, and the next attempt may take the key again."""
+        failures.append(describe_exception(exc))
+        if isinstance(exc, ProtocolError):
+            self.pool.note_error(key, failures[-1])
+            return False
+        self.pool.cool(key, self.settings.cooldown_seconds, failures[-1])
+        return True
 
     def _penalise(self, key: Key, call: _Call, outcome: Outcome, upstream: Answer, answer: bytes, error: str) -> bool:
         """Apply an upstream error to the key (or the account) that earned it; True when it now rests."""
@@ -626,7 +637,7 @@ class Proxy:
             self.pool.set_balance(key, key.balance)
         content_type = media_type(upstream.content_type)
         if content_type == "application/json":
-            answer = await upstream.read()
+            answer = await upstream.read(self.settings.max_answer_mb * MB)
             self._log(call, upstream.status, key, time.monotonic(), endpoint.usage(answer))
             return web.Response(status=upstream.status, body=answer, headers=self._reply_headers(upstream, request))
         if endpoint.json_body and content_type != "text/event-stream":

@@ -325,6 +325,16 @@ class Settings:
         Words("请求体上限（MB）", "Largest request body (MB)"),
         Words("更大的请求返回 413", "Larger requests are answered 413"),
     )
+    max_answer_mb = Integer(
+        64,
+        1,
+        1024,
+        Words("上游应答上限（MB）", "Largest upstream answer held in memory (MB)"),
+        Words(
+            "非流式应答、错误应答或单个流式事件超过此大小时返回 502，不怪罪 Key",
+            "A JSON answer, an error answer or one stream event larger than this is answered 502, blaming no key",
+        ),
+    )
     check_concurrency = Integer(
         16,
         1,

@@ -17,6 +17,7 @@ import orjson
 import pytest
 
 from silicon_pool.keys import Key
+from silicon_pool.pool import PAID
 from silicon_pool.store import CallRecord, Store
 from tests.conftest import Running, StartProxy, login, paid_keys
 from tests.fake_upstream import FakeUpstream
@@ -343,3 +344,42 @@ async def test_dots_inside_a_segment_are_fine(proxy: Running, fake: FakeUpstream
     async with http.get(f"{proxy.base}/v1/models/Qwen/Qwen2.5-7B-Instruct") as resp:
         await resp.read()
     assert fake.requests and fake.requests[-1].path == "/v1/models/Qwen/Qwen2.5-7B-Instruct"
+
+
+# -- 5, 17: answers too large or not HTTP blame no key ---------------------------------------------
+
+
+@pytest.mark.parametrize("status", ["200 OK", "400 Bad Request", "500 Internal Server Error"])
+async def test_an_answer_over_max_answer_mb_is_a_502_that_blames_no_key(
+    start_proxy: StartProxy, fake: FakeUpstream, status: str
+) -> None:
+    huge = b'{"x":"' + b"a" * (2 * 1024 * 1024) + b'"}'
+    proxy, server = await start_scripted(
+        start_proxy, lambda _head: answer(status, b"Content-Type: application/json\r\n", huge)
+    )
+    try:
+        await proxy.set(max_answer_mb=1)
+        keys = await proxy.add_keys(*((s, 5.0) for s in paid_keys(fake, 2)))
+        code, _, body = await raw(proxy.server.port, post("/v1/chat/completions"))
+        assert code == 502 and orjson.loads(body)["error"]["code"] == "answer_too_large"
+        assert all(k.status() == "active" and not k.cool_until for k in keys)
+        [row] = await proxy.calls()
+        assert row["status"] == 502 and row["attempts"] == 1 and "1 MB" in row["error"]
+    finally:
+        server.close()
+
+
+async def test_an_answer_that_is_not_http_fails_over_without_resting_the_key(
+    start_proxy: StartProxy, fake: FakeUpstream
+) -> None:
+    proxy, server = await start_scripted(start_proxy, lambda _head: b"HTTP/1.x 200 OK\r\nContent-Length: 2\r\n\r\n{}")
+    try:
+        keys = await proxy.add_keys(*((s, 5.0) for s in paid_keys(fake, 2)))
+        code, _, _ = await raw(proxy.server.port, post("/v1/chat/completions"))
+        assert code == 503
+        [row] = await proxy.calls()
+        assert row["attempts"] == 2 and "not an HTTP" in row["error"]
+        assert all(not k.cool_until and k.status() == "active" for k in keys)  # none rests for it
+        assert proxy.pool.acquire((PAID,), CHAT) is not None
+    finally:
+        server.close()

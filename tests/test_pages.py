@@ -72,6 +72,7 @@ class Tab:
         await self.page.fill("input[name=password]", "admin")
         await self.page.click("button[type=submit]")
         await expect(self.page).to_have_url(f"{self.base}/")
+        await self.page.wait_for_load_state()  # the page's scripts have run: its buttons answer clicks
 
     async def shot(self, name: str) -> None:
         SHOTS.mkdir(exist_ok=True)
