@@ -11,6 +11,8 @@ Values are validated as a whole before any is applied, so a bad PATCH changes no
 from __future__ import annotations
 
 import asyncio
+import ipaddress
+import logging
 import re
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, timedelta, timezone, tzinfo
@@ -43,6 +45,7 @@ DEFAULT_FREE_MODELS = (
 DEFAULT_LIMIT_ZONE = "Asia/Shanghai"  # where SiliconFlow's daily limits are assumed to end (fact sheet)
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 class SettingError(ValueError):
@@ -170,7 +173,9 @@ class Token(Setting[str]):
 
     def parse(self, value: Any) -> str:
         if not isinstance(value, str) or not _TOKEN.fullmatch(value.strip()):
-            raise ValueError("must be up to 256 printable ASCII characters without spaces")
+            raise ValueError(
+                "must be up to 256 printable ASCII characters without spaces (最多 256 个可打印 ASCII 字符，不能含空格)"
+            )
         return value.strip()
 
 
@@ -182,39 +187,97 @@ class ModelList(Setting[tuple[str, ...]]):
         if isinstance(value, str):
             value = re.split(r"[\s,，;]+", value)
         if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
-            raise ValueError("must be a list of model ids")
+            raise ValueError("must be a list of model ids (须为模型 ID 列表)")
         models = tuple(dict.fromkeys(v.strip() for v in value if v.strip()))
-        if any(len(m) > 200 or any(c.isspace() for c in m) for m in models):
-            raise ValueError("model ids must be short and contain no spaces")
+        if any(len(m) > 200 or not m.isprintable() or " " in m for m in models):  # isprintable: no other space
+            raise ValueError(
+                "model ids must be short, without spaces or control characters (模型 ID 须简短，不能含空格或控制字符)"
+            )
         return models
 
 
-def _bad_port(url: str) -> bool:
-    port = re.match(r"https?://(?:\[[^\]]*\]|[^/:]*):(\d+)", url)
-    return port is not None and not 0 < int(port.group(1)) < 65536
+_PRINTABLE = re.compile(r"[\x21-\x7e]{1,2048}")  # ASCII without spaces or control characters
+_HTTP = re.compile(r"https?://(\[[^\]/]*\]|[^:/?#\[\]]*)(?::(\d*))?(/.*)?", re.DOTALL)
+_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+_NUMERIC_LABEL = re.compile(r"\d+|0[xX][0-9A-Fa-f]*")  # what makes parsers read a host as an IPv4 address
+_SCRIPT_CHARS = re.compile(r"[^\"'<>\\;,*]*")  # nothing that ends a CSP source, quotes HTML, or is a wildcard
+
+
+def _is_ip(text: str, version: type[ipaddress.IPv4Address | ipaddress.IPv6Address]) -> bool:
+    try:
+        address = version(text)
+    except ValueError:
+        return False
+    return not isinstance(address, ipaddress.IPv6Address) or address.scope_id is None
+
+
+def _reachable_host(host: str, *, ipv6: bool) -> bool:
+    """A DNS name, a dotted-quad IPv4 address or (where allowed) a bracketed IPv6 one: nothing a resolver
+    raises on (an empty or 64-character label), nothing parsers disagree on (`127.1`), no wildcard."""
+    if host.startswith("["):
+        return ipv6 and _is_ip(host[1:-1], ipaddress.IPv6Address)
+    labels = host.split(".")
+    if _NUMERIC_LABEL.fullmatch(labels[-1]):
+        return _is_ip(host, ipaddress.IPv4Address)
+    return len(host) <= 253 and all(_LABEL.fullmatch(label) for label in labels)
+
+
+def _http_path(text: str, *, ipv6: bool) -> str | None:
+    """What follows the host and port of an http(s) URL whose host and port can exist, else None."""
+    match = _HTTP.fullmatch(text)
+    if match is None or not _reachable_host(match.group(1), ipv6=ipv6):
+        return None
+    port = match.group(2)
+    if port is not None and not (len(port) <= 5 and port.isdigit() and 0 < int(port) < 65536):
+        return None
+    return match.group(3) or ""
 
 
 class Url(Setting[str]):
-    """An http(s) URL; with `paths`, a path on this server too (for a script the pages load)."""
+    """An http(s) URL; with `paths`, a path on this server too (for a script the pages load).
+
+    One host that a resolver can look up (no wildcard, no user info), a port that exists, printable
+    ASCII only (a control character in the pages' CSP header makes aiohttp drop every page). A script
+    URL names one file, as the CSP's `script-src` then allows that file and not its whole host."""
 
     kind = "url"
-    # One host (no user info, no backslash that parsers read differently), a port that exists,
-    # printable characters only; a script URL also goes into the pages' CSP, so no `;` or quotes.
-    _BASE = re.compile(r"https?://([A-Za-z0-9.\-]+|\[[0-9A-Fa-f:.]+\])(:\d{1,5})?(/((?![?#\\])[\x21-\x7e])*)?")
-    _SCRIPT = re.compile(r"https?://[A-Za-z0-9.\-]+(:\d{1,5})?(/[^\s\"'<>\\;,]*)?|/(?![/\\])[^\s\"'<>\\;,]*")
 
     def __init__(self, default: str, label: Words, help: Words, *, paths: bool = False) -> None:  # noqa: A002
         super().__init__(default, label, help)
         self.paths = paths
 
     def parse(self, value: Any) -> str:
-        if self.paths:
-            if not isinstance(value, str) or not self._SCRIPT.fullmatch(value.strip()) or _bad_port(value.strip()):
-                raise ValueError("must be an http(s) URL or a path on this server such as /static/chart.umd.min.js")
-            return value.strip()
-        if not isinstance(value, str) or not self._BASE.fullmatch(value.strip()) or _bad_port(value.strip()):
-            raise ValueError("must be an http(s) URL such as https://api.siliconflow.cn/v1")
-        return value.strip().rstrip("/")
+        text = value.strip() if isinstance(value, str) else ""
+        if not _PRINTABLE.fullmatch(text):
+            raise ValueError(
+                "must be a URL of at most 2048 printable ASCII characters, without spaces or control characters"
+                " (须为不超过 2048 个可打印 ASCII 字符的地址，不能含空格或控制字符)"
+            )
+        return self._script(text) if self.paths else self._base(text)
+
+    @staticmethod
+    def _base(text: str) -> str:
+        path = _http_path(text, ipv6=True)
+        if path is None or re.search(r"[?#\\]", path):
+            raise ValueError(
+                "must be an http(s) URL such as https://api.siliconflow.cn/v1, its host a name or IP address"
+                " (no wildcard), its port 1-65535, without ?, # or \\"
+                " (须为 http(s) 地址，如 https://api.siliconflow.cn/v1；主机须为域名或 IP，不含通配符，端口 1-65535)"
+            )
+        return text.rstrip("/")
+
+    @staticmethod
+    def _script(text: str) -> str:
+        local = text.startswith("/") and not text.startswith(("//", "/\\"))
+        path = text if local else _http_path(text, ipv6=False)  # CSP cannot name an IPv6 host
+        if path is None or not path.startswith("/") or path.endswith("/") or not _SCRIPT_CHARS.fullmatch(path):
+            raise ValueError(
+                "must name one file: an http(s) URL, its host a name or IPv4 address (no wildcard) and its port"
+                " 1-65535, or a path on this server such as /static/chart.umd.min.js; without quotes, <, >, \\, ;,"
+                " commas or * (须指向单个文件：http(s) 地址（主机为域名或 IPv4，不含通配符，端口 1-65535）"
+                "或本站路径，如 /static/chart.umd.min.js；不能含引号、<、>、\\、;、逗号或 *)"
+            )
+        return text
 
     def bounds(self) -> dict[str, Any]:
         return {"paths": self.paths}
@@ -379,13 +442,14 @@ class Settings:
         self._lock = asyncio.Lock()
         for setting in SETTINGS:
             setattr(self, setting.name, setting.default)
-        # A stored value that no longer parses (an old version's) falls back to the default.
+        # A stored value that no longer parses (an old version's, or one a newer check refuses) falls back
+        # to the default: pages and requests then work, and the settings page shows what applies.
         for name, value in (stored or {}).items():
             if name in BY_NAME:
                 try:
                     setattr(self, name, BY_NAME[name].parse(value))
-                except ValueError:
-                    continue
+                except ValueError as exc:
+                    log.warning("stored setting %s is refused, its default applies: %s", name, exc)
         self._derive()
 
     def _derive(self) -> None:

@@ -1,8 +1,9 @@
 """Token usage read out of upstream answers without parsing (or altering) what need not be.
 
-A chat answer can be large, but its usage object is small and sits near the end, so only that
-object is located and parsed. Streams repeat cumulative usage in every event and an event may
-be split across reads, so the tracker keeps the stream's recent tail and reads the last usage
+A chat answer can be large, but its usage object is small, shallow and sits near the end, so
+only that object is located (one search back from the end, in work linear in the body however
+hostile it is) and parsed. Streams repeat cumulative usage in every event and an event may be
+split across reads, so the tracker keeps the stream's recent tail and reads the last usage
 object once, when the stream ends.
 """
 
@@ -23,45 +24,45 @@ class Usage(NamedTuple):
 
 NO_USAGE = Usage()
 _TAIL = 64 * 1024
-_COLON_BRACE = re.compile(rb"[ \t\r\n]*:[ \t\r\n]*\{")  # what follows a key whose value is an object
-_FLAT_OBJECT = re.compile(rb"[ \t\r\n]*:[ \t\r\n]*(\{[^{}]*\})")  # ...when that object holds no other
+_DEPTH = 3  # usage nests one level (`completion_tokens_details`); an object deeper than this is not usage
+_FAILURES = 8  # malformed objects under the name tolerated after the last well-formed one (real answers: none)
 
 
-def _object_after(body: bytes | bytearray, name: bytes) -> dict[str, Any] | None:
-    """The JSON object that is the value of the last `"name":` in `body`, if there is one."""
-    pos = len(body)
-    while (pos := body.rfind(name, 0, pos)) >= 0:
-        flat = _FLAT_OBJECT.match(body, pos + len(name))  # the usual case: found and cut in one step
-        if flat is not None:
-            start, end = flat.span(1)
-        else:
-            opening = _COLON_BRACE.match(body, pos + len(name))
-            if opening is None:
-                continue
-            start = opening.end() - 1
-            end = _closing_brace(body, start) + 1
-            if end <= 0:
-                continue
+def _nested_object(depth: int) -> bytes:
+    """A `{...}` holding objects at most `depth` deep. Usage objects hold no strings with braces, so
+    braces alone find the end. Possessive (`*+`), it never backtracks: an attempt reads each byte
+    once and stops where the depth runs out, however many `}` follow."""
+    inner = b"" if depth == 1 else b"(?:" + _nested_object(depth - 1) + rb"[^{}]*+)*+"
+    return rb"\{[^{}]*+" + inner + rb"\}"
+
+
+def _last_object(name: bytes) -> re.Pattern[bytes]:
+    """The last `"name": {...}` before the end of the search. `.*` starts at the end and backs off in C,
+    skipping to each `"`; a byte lies within at most `_DEPTH` attempts that stay within that depth, so a
+    search reads each byte at most a few times (counting braces from every candidate was quadratic)."""
+    return re.compile(rb"(?s:.*)" + re.escape(name) + rb"[ \t\r\n]*+:[ \t\r\n]*+(" + _nested_object(_DEPTH) + rb")")
+
+
+_USAGE, _TOKENS = _last_object(b'"usage"'), _last_object(b'"tokens"')
+
+
+def _object_after(body: bytes | bytearray, pattern: re.Pattern[bytes]) -> dict[str, Any] | None:
+    """The JSON object that is the value of the last `"name":` in `body`, if there is one.
+
+    After an object that is not JSON, the search goes on before it: an object around it holds it, so is
+    not JSON either. Each search covers new bytes; the few malformed ones allowed bound the parses."""
+    end = len(body)
+    for _ in range(_FAILURES):
+        found = pattern.match(body, 0, end)
+        if found is None:
+            return None
         try:
-            value = orjson.loads(body[start:end])
+            value = orjson.loads(body[found.start(1) : found.end(1)])
         except orjson.JSONDecodeError:
+            end = found.start(1)
             continue
-        if isinstance(value, dict):
-            return value
+        return value if isinstance(value, dict) else None
     return None
-
-
-def _closing_brace(body: bytes | bytearray, start: int) -> int:
-    """Index of the `}` closing the `{` at `start`, or -1; usage objects hold no strings with braces,
-    so counting braces between closers (all in C) is enough."""
-    depth, pos = 1, start + 1
-    while depth:
-        close = body.find(b"}", pos)
-        if close < 0:
-            return -1
-        depth += body.count(b"{", pos, close) - 1
-        pos = close + 1
-    return pos - 1
 
 
 _MAX_TOKENS = 2**53  # beyond any real count, and within what SQLite stores
@@ -76,11 +77,11 @@ def _int(value: object) -> int:
 
 def token_usage(body: bytes | bytearray) -> Usage:
     """OpenAI `usage`, or rerank's `tokens` (top level or under `meta`)."""
-    usage = _object_after(body, b'"usage"')
+    usage = _object_after(body, _USAGE)
     if usage is not None:
         prompt, completion = _int(usage.get("prompt_tokens")), _int(usage.get("completion_tokens"))
         return Usage(prompt, completion, _int(usage.get("total_tokens")) or prompt + completion)
-    tokens = _object_after(body, b'"tokens"')
+    tokens = _object_after(body, _TOKENS)
     if tokens is not None:
         prompt, completion = _int(tokens.get("input_tokens")), _int(tokens.get("output_tokens"))
         return Usage(prompt, completion, prompt + completion)
@@ -102,22 +103,41 @@ def image_usage(body: bytes | bytearray) -> Usage:
 
 
 class StreamUsage:
-    """Watches a passing SSE stream; `result()` reads the last cumulative usage it carried."""
+    """Watches a passing SSE stream; `result()` reads the last cumulative usage it carried.
 
-    __slots__ = ("_tail",)
+    It keeps only the stream's last 64-128 KiB, and looks at each byte fed a bounded number of
+    times (what arrived is searched, never what is kept), however long an event runs: the relay
+    passes the bytes on, this only watches. `event_bytes` is how long the open event has run."""
+
+    __slots__ = ("_tail", "event_bytes")
 
     def __init__(self) -> None:
         self._tail = bytearray()
+        self.event_bytes = 0  # bytes since the last event ended: 0 at a boundary
 
     def feed(self, chunk: bytes) -> None:
         tail = self._tail
         tail += chunk
+        if chunk.endswith(b"\n\n"):  # the usual chunk: whole events
+            self.event_bytes = 0
+        else:
+            self._find_event_end(len(chunk))
         if len(tail) > 2 * _TAIL:
             del tail[:-_TAIL]
 
+    def _find_event_end(self, arrived: int) -> None:
+        """Where the last event ended in what arrived, or in the 3 bytes before it (an end split across reads)."""
+        tail = self._tail
+        start = max(len(tail) - arrived - 3, 0)
+        lf, crlf = tail.rfind(b"\n\n", start), tail.rfind(b"\r\n\r\n", start)
+        if lf < 0 and crlf < 0:
+            self.event_bytes += arrived
+        else:
+            self.event_bytes = len(tail) - max(lf + 2 if lf >= 0 else 0, crlf + 4 if crlf >= 0 else 0)
+
     def at_event_boundary(self) -> bool:
         """True when what passed so far ends a whole event (an error event may follow directly)."""
-        return not self._tail or self._tail.endswith((b"\n\n", b"\r\n\r\n"))
+        return self.event_bytes == 0
 
     def result(self) -> Usage:
         return token_usage(self._tail)
