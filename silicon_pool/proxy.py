@@ -659,12 +659,15 @@ class Proxy:
             response.headers.update(SSE_HEADERS)
         call.stream = True
         status, error, first_byte = upstream.status, None, None
+        event_limit = self.settings.max_answer_mb * MB  # clients hold an event whole: one never ends past this
         # From here on the answer is the client's: whatever breaks, no other key is tried.
         try:
             await response.prepare(request)
             while chunk:
                 if sse is not None:
                     sse.feed(chunk)
+                    if sse.event_bytes > event_limit:
+                        raise AnswerTooLarge(f"one event of the stream is over max_answer_mb ({event_limit // MB} MB)")
                 ended = upstream.at_eof()
                 if ended:  # the upstream is done: this chunk and the end of the answer go out together
                     await response.write_eof(chunk)
@@ -680,8 +683,11 @@ class Proxy:
         except ConnectionResetError:  # a write to a client that left
             status, error = 499, "client disconnected"
         except UPSTREAM_FAILURES as exc:
-            error = describe_exception(exc)
-            self.pool.note_error(key, error)
+            if isinstance(exc, AnswerTooLarge):  # the upstream's doing: nothing to note on the key
+                error = str(exc)
+            else:
+                error = describe_exception(exc)
+                self.pool.note_error(key, error)
             if sse is not None:
                 await self._end_stream_with_error(response, sse, error)
             elif request.transport is not None:  # a cut binary body can only be signalled by closing

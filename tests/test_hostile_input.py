@@ -383,3 +383,29 @@ async def test_an_answer_that_is_not_http_fails_over_without_resting_the_key(
         assert proxy.pool.acquire((PAID,), CHAT) is not None
     finally:
         server.close()
+
+
+async def test_a_stream_event_over_max_answer_mb_ends_the_stream_blaming_no_key(
+    start_proxy: StartProxy, fake: FakeUpstream, http: aiohttp.ClientSession
+) -> None:
+    first = b'data: {"choices":[{"delta":{"content":"hi"}}]}\n\n'
+    endless = first + b'data: {"x":"' + b"a" * (3 * 1024 * 1024)  # an event that never ends
+    proxy, server = await start_scripted(
+        start_proxy, lambda _head: answer("200 OK", b"Content-Type: text/event-stream\r\n", endless)
+    )
+    try:
+        await proxy.set(max_answer_mb=1)
+        [key] = await proxy.add_keys((paid_keys(fake, 1)[0], 5.0))
+        sent = {**orjson.loads(BODY), "stream": True}
+        async with http.post(f"{proxy.base}/v1/chat/completions", json=sent) as resp:
+            assert resp.status == 200
+            text = await resp.text()
+        assert text.startswith(first.decode()) and len(text) < 2 * 1024 * 1024
+        events = text.split("\n\n")
+        assert events[-3:-1] == [events[-3], "data: [DONE]"] and "stream_interrupted" in events[-3]
+        assert "max_answer_mb" in events[-3]
+        assert key.last_error is None and not key.cool_until
+        [row] = await proxy.calls()
+        assert row["status"] == 200 and "max_answer_mb" in row["error"]
+    finally:
+        server.close()
