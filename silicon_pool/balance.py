@@ -2,7 +2,10 @@
 
 Only a clear 401 proves a key dead. Timeouts, 429 and 5xx are retried and, if they persist,
 leave the key "unreachable": the caller keeps it as it was. Where `/user/info` is retired
-(410), `/models` answering 200 still proves the key valid, with its balance unknown.
+(410, China keys since 2026-08), `/models` answering 200 still proves the key valid, with its
+balance unknown. A 410 is remembered per upstream for RETIRED_SECONDS, so checks go to
+`/models` straight away meanwhile; while nobody knows yet, one check at a time asks
+`/user/info` first, so a large import costs one 410, not one per key.
 """
 
 from __future__ import annotations
@@ -10,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import enum
 import math
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import aiohttp
@@ -20,6 +25,7 @@ from .upstream import describe, describe_exception
 
 RETRIES = 3
 BACKOFF_SECONDS = 0.5
+RETIRED_SECONDS = 86400.0  # after a 410, /user/info is asked again only this much later
 
 
 class Verdict(enum.Enum):
@@ -55,8 +61,17 @@ def _parse_user_info(body: bytes) -> Check:
 class BalanceChecker:
     """Checks keys with the shared upstream client."""
 
-    def __init__(self, session: aiohttp.ClientSession, settings: Settings) -> None:
-        self.session, self.settings = session, settings
+    def __init__(
+        self, session: aiohttp.ClientSession, settings: Settings, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.session, self.settings, self.clock = session, settings, clock
+        self._retired_until: dict[str, float] = {}  # upstream → when its /user/info is worth asking again
+        self._answers: set[str] = set()  # upstreams whose /user/info answered something else than 410
+        self._probe = asyncio.Lock()
+
+    def user_info_retired(self) -> bool:
+        """Whether the current upstream's `/user/info` answered 410 within RETIRED_SECONDS."""
+        return self._retired_until.get(self.settings.upstream, 0.0) > self.clock()
 
     async def check(self, secret: str) -> Check:
         error = "not checked"
@@ -72,10 +87,10 @@ class BalanceChecker:
         return Check(Verdict.UNREACHABLE, error=error)
 
     async def _ask(self, secret: str) -> Check:
-        status, body = await self._get("/user/info", secret)
+        status, body = await self._user_info(secret)
         if status == 200:
             return _parse_user_info(body)
-        if status == 410:  # retired: a 200 from /models still proves the key
+        if status == 410:  # retired: a 200 from /models still proves the key, its balance unknown
             status, body = await self._get("/models", secret)
             if status == 200:
                 return Check(Verdict.VALID)
@@ -84,6 +99,30 @@ class BalanceChecker:
         if status == 429 or status >= 500:
             raise _Retry(describe(status, body))
         return Check(Verdict.UNREACHABLE, error=describe(status, body))
+
+    async def _user_info(self, secret: str) -> tuple[int, bytes]:
+        """`/user/info`'s answer, or the 410 it gave within RETIRED_SECONDS without asking again."""
+        upstream = self.settings.upstream
+        if upstream in self._answers:
+            return await self._learn(upstream, secret)
+        async with self._probe:  # nobody knows yet: one asks at a time until the first answer
+            if self.user_info_retired():
+                return 410, b""
+            return await self._learn(upstream, secret)
+
+    async def _learn(self, upstream: str, secret: str) -> tuple[int, bytes]:
+        """Ask `/user/info`, and remember whether it is retired (any other outcome: ask it freely)."""
+        try:
+            status, body = await self._get("/user/info", secret)
+        except (aiohttp.ClientError, TimeoutError):  # not a 410 either: the others need not wait
+            self._answers.add(upstream)
+            raise
+        if status == 410:
+            self._retired_until[upstream] = self.clock() + RETIRED_SECONDS
+            self._answers.discard(upstream)
+        else:
+            self._answers.add(upstream)
+        return status, body
 
     async def _get(self, path: str, secret: str) -> tuple[int, bytes]:
         s = self.settings

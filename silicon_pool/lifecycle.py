@@ -104,7 +104,13 @@ class KeyLifecycle:
         pool = self.pool
         keys = list(pool.keys.values()) if ids is None else [pool.keys[i] for i in ids if i in pool.keys]
         job.total = len(keys)
-        counts: dict[str, Any] = {"updated": 0, "zero_balance": 0, "invalid": 0, "unreachable": 0}
+        counts: dict[str, Any] = {
+            "updated": 0,
+            "zero_balance": 0,
+            "balance_unavailable": 0,  # valid, but the upstream reports no balance (China keys since 2026-08)
+            "invalid": 0,
+            "unreachable": 0,
+        }
         before = _balance_total(keys)
 
         async def check(key: Key) -> None:
@@ -128,6 +134,7 @@ class KeyLifecycle:
             self.pool.set_balance(key, balance, ACTIVE)
             counts["updated"] += 1
             counts["zero_balance"] += balance is not None and balance <= 0
+            counts["balance_unavailable"] += result.balance is None
         elif result.verdict is Verdict.INVALID:
             self.pool.mark_invalid(key, result.error or "HTTP 401")
             counts["invalid"] += 1
@@ -155,6 +162,17 @@ class KeyLifecycle:
             key = self.pool.keys.get(key_id)
             if key is not None:
                 self.pool.set_enabled(key, enabled)
+                changed += 1
+        return changed
+
+    def mark_funded(self, ids: Iterable[int]) -> int:
+        """The user topped these keys' accounts up: zero-balance keys go back to the paid tier with
+        their balance unknown (a 30001 or a refresh learns it again)."""
+        changed = 0
+        for key_id in ids:
+            key = self.pool.keys.get(key_id)
+            if key is not None and key.balance is not None and key.balance <= 0:
+                self.pool.set_balance(key, None, key.state)
                 changed += 1
         return changed
 

@@ -2,8 +2,11 @@
 per-model views that leave out the keys resting for one model.
 
 Keys fall in two tiers: PAID (balance > 0 or unknown) serves normal requests, FREE (balance
-<= 0) serves free models. A key that is disabled, invalid, cooling down (a network failure
-rests the whole key) or at its concurrency cap sits in no index, so a pick never skips it.
+<= 0) serves free models. UNKNOWN is the part of PAID whose balance is unknown (SiliconFlow no
+longer reports China keys' balances), indexed on its own so the free token can fall back on it
+without ever taking a key known to carry balance. A key that is disabled, invalid, cooling down
+(a network failure rests the whole key) or at its concurrency cap sits in no index, so a pick
+never skips it.
 
 Rate limits belong to an account and a model (limits.py). A rest keeps one (key, model) pair,
 or every key of one account for one model, out of that model's picks only. While few keys rest
@@ -30,7 +33,7 @@ from .keys import ACTIVE, INVALID, MAX_ERROR, Key
 from .selection import STRATEGIES, Index, make_index
 from .text import clean
 
-PAID, FREE = 0, 1
+PAID, FREE, UNKNOWN = 0, 1, 2  # UNKNOWN: the PAID keys whose balance is unknown, a subset
 ACCOUNT, KEY = "account", "key"
 
 VIEW_AT = 32  # keys resting for one model before it gets a view of its own
@@ -39,7 +42,7 @@ SKIP_LIMIT = 64  # resting keys a pick without a view sets aside at most
 FIRST_SERVING_LOOKS = 64  # rests looked at for the first one that brings back a useful key
 
 Owner = tuple[str, int | str]  # (ACCOUNT, account id) or (KEY, key id): who a rest holds back
-Tiers = tuple[Index, Index]
+Tiers = tuple[Index, Index, Index]  # by PAID, FREE, UNKNOWN
 
 
 @dataclass(slots=True)
@@ -81,6 +84,21 @@ def _tier_of(key: Key) -> int:
     return FREE if key.balance is not None and key.balance <= 0 else PAID
 
 
+def _homes(tier: int | None, key: Key) -> tuple[int, ...]:
+    """The indexes a key of `tier` belongs in: its tier's, and UNKNOWN's too for a paid key of unknown balance."""
+    if tier is None:
+        return ()
+    return (PAID, UNKNOWN) if tier == PAID and key.balance is None else (tier,)
+
+
+def _in_tiers(key: Key, tiers: tuple[int, ...]) -> bool:
+    return any(t in tiers for t in _homes(_tier_of(key), key))
+
+
+def _new_tiers(strategy: str) -> Tiers:
+    return make_index(strategy), make_index(strategy), make_index(strategy)
+
+
 def owner_of(key: Key) -> Owner:
     """Whose budget a key spends: its account's where known, else its own (every key its own account)."""
     return (ACCOUNT, key.account_id) if key.account_id else (KEY, key.id)
@@ -117,7 +135,7 @@ class KeyPool:
         self.strategy = strategy
         self.max_inflight = 0  # per key; 0 = no cap
         self.clock = clock  # wall clock of rests (tests move it)
-        self._indexes: Tiers = (make_index(strategy), make_index(strategy))
+        self._indexes: Tiers = _new_tiers(strategy)
         self._views: dict[str, Tiers] = {}
         self._view_sizes: dict[str, int] = {}  # each view's size when (re)built, to know when to compact it
         self._rests: dict[str, _ModelRests] = {}
@@ -182,7 +200,7 @@ class KeyPool:
         if strategy not in STRATEGIES:
             raise ValueError(f"unknown strategy {strategy!r}")
         self.strategy = strategy
-        self._indexes = (make_index(strategy), make_index(strategy))
+        self._indexes = _new_tiers(strategy)
         self._views, self._view_sizes = {}, {}
         for key in self.keys.values():
             key.tier = None
@@ -213,25 +231,28 @@ class KeyPool:
             self._capped.add(key)
         elif self._capped:
             self._capped.discard(key)
-        old = key.tier
-        if tier != old:
-            if old is not None:
-                self._indexes[old].discard(key)
-            key.tier = tier
-            if tier is not None:
-                self._indexes[tier].add(key)
-                self._wake()  # enabled, imported, refunded or back from its cap: waiters look again
-        elif tier is not None:  # same tier, but the balance (say) may have moved it within the index
-            self._indexes[tier].rescore(key)
+        old, key.tier = key.tier, tier
+        homes = _homes(tier, key)
+        for code, index in enumerate(self._indexes):
+            if code in homes:
+                if key in index:
+                    index.rescore(key)  # same place, but the balance (say) may have moved it within
+                else:
+                    index.add(key)
+            elif key in index:
+                index.discard(key)
+        if tier is not None and tier != old:
+            self._wake()  # enabled, imported, refunded or back from its cap: waiters look again
         for model, view in self._views.items():
-            if old is not None and key in view[old] and (tier != old or self.rests_for(key, model)):
-                view[old].discard(key)
-            if tier is not None:
-                here = view[tier]
-                if key in here:
-                    here.rescore(key)
-                elif not self.rests_for(key, model):
-                    here.add(key)
+            wanted = homes if homes and not self.rests_for(key, model) else ()
+            for code, index in enumerate(view):
+                if code in wanted:
+                    if key in index:
+                        index.rescore(key)
+                    else:
+                        index.add(key)
+                elif key in index:
+                    index.discard(key)
 
     # -- the request path ---------------------------------------------------------------------
 
@@ -273,10 +294,16 @@ class KeyPool:
         tier = key.tier
         if tier is None:
             return
-        self._indexes[tier].rescore(key)
+        indexes = self._indexes
+        indexes[tier].rescore(key)
+        unknown = tier == PAID and key.balance is None
+        if unknown:
+            indexes[UNKNOWN].rescore(key)
         for view in self._views.values():
             if key in view[tier]:
                 view[tier].rescore(key)
+                if unknown:
+                    view[UNKNOWN].rescore(key)
 
     def _pick_skipping(self, index: Index, exclude: tuple[int, ...], resting_for: str | None) -> Key | None:
         """Set aside, while picking, the keys this request tried and (for a model without a view)
@@ -351,8 +378,9 @@ class KeyPool:
                 self._views[model] = self._open_view(model)
         else:
             for held in self._owned(owner):
-                if held.tier is not None and held in view[held.tier]:
-                    view[held.tier].discard(held)
+                for code in _homes(held.tier, held):
+                    if held in view[code]:
+                        view[code].discard(held)
             if (len(view[PAID]) + len(view[FREE])) * 4 < self._view_sizes[model]:
                 self._views[model] = self._open_view(model)  # compact: dicts never shrink by themselves
         self._on_rest(rest)
@@ -424,7 +452,7 @@ class KeyPool:
 
     def _open_view(self, model: str) -> Tiers:
         """`model`'s view: per tier, the tier's keys that do not rest for it (one pass, at its first rest)."""
-        view = (make_index(self.strategy), make_index(self.strategy))
+        view = _new_tiers(self.strategy)
         for tier, index in enumerate(self._indexes):
             for key in index:
                 if not self.rests_for(key, model):
@@ -444,8 +472,10 @@ class KeyPool:
         if view is None:
             return
         for key in self._owned(rest.owner):
-            if key.tier is not None and key not in view[key.tier] and not self.rests_for(key, rest.model):
-                view[key.tier].add(key)
+            if not self.rests_for(key, rest.model):
+                for code in _homes(key.tier, key):
+                    if key not in view[code]:
+                        view[code].add(key)
 
     # -- waiting for a key ------------------------------------------------------------------------
 
@@ -486,14 +516,28 @@ class KeyPool:
 
     def _next_cool_end(self, tier: int) -> float | None:
         """When the first key of `tier` that is only resting comes back (stale entries dropped)."""
+        if tier == UNKNOWN:  # a part of PAID's heap: looked through, nothing in it is stale for PAID
+            return min(
+                (
+                    u
+                    for u, i in self._cooling[PAID]
+                    if (k := self.keys.get(i)) is not None and self._only_cools(k, u, tier)
+                ),
+                default=None,
+            )
         heap = self._cooling[tier]
         while heap:
             until, key_id = heap[0]
             key = self.keys.get(key_id)
-            if key is not None and key.cool_until == until and _servable(key) and _tier_of(key) == tier:
+            if key is not None and self._only_cools(key, until, tier):
                 return until
             heapq.heappop(heap)  # stale: `_place` enters the key again if it still rests
         return None
+
+    @staticmethod
+    def _only_cools(key: Key, until: float, tier: int) -> bool:
+        """Whether `key`'s cooling entry `until` is current, and the key of `tier` once it ends."""
+        return key.cool_until == until and _servable(key) and tier in _homes(_tier_of(key), key)
 
     def _first_serving(self, rests: _ModelRests, tiers: tuple[int, ...]) -> Rest | None:
         """The rest, in order of their ends, that brings back a key able to serve `tiers` (a rest held
@@ -513,7 +557,7 @@ class KeyPool:
         return rests.earliest()
 
     def _serves(self, owner: Owner, tiers: tuple[int, ...]) -> bool:
-        return any(_servable(k) and _tier_of(k) in tiers for k in self._owned(owner))
+        return any(_servable(k) and _in_tiers(k, tiers) for k in self._owned(owner))
 
     def _all_resting(self, tiers: tuple[int, ...], model: str) -> bool:
         """Whether every key in the indexes of `tiers` rests for `model` (an empty tier counts)."""
@@ -527,13 +571,18 @@ class KeyPool:
     def _held_out(self, tiers: tuple[int, ...]) -> Iterable[Key]:
         """Keys of `tiers` out of every index for now only: cooling down, or at their cap."""
         for key in self._capped:
-            if _tier_of(key) in tiers:
+            if _in_tiers(key, tiers):
                 yield key
         now = time.monotonic()
-        for tier in tiers:
-            for until, key_id in self._cooling[tier]:
+        for heap in {PAID if t == UNKNOWN else t for t in tiers}:
+            for until, key_id in self._cooling[heap]:
                 cooling = self.keys.get(key_id)
-                if cooling is not None and cooling.cool_until == until > now and _servable(cooling):
+                if (
+                    cooling is not None
+                    and until > now
+                    and self._only_cools(cooling, until, heap)
+                    and _in_tiers(cooling, tiers)
+                ):
                     yield cooling
 
     def mark_invalid(self, key: Key, error: str) -> None:
@@ -605,7 +654,13 @@ class KeyPool:
                 1,
             )
         if tiers == (FREE,):
-            return Unavailable("No zero-balance key is available for the free token (没有可用的免费 Key)", None)
+            return Unavailable("No zero-balance key is available for the free token (没有可用的零余额 Key)", None)
+        if PAID not in tiers:
+            return Unavailable(
+                "No zero-balance or unknown-balance key is available for the free token "
+                "(没有可用的零余额或余额未知的 Key)",
+                None,
+            )
         return Unavailable(
             "No usable key: every key is disabled, invalid or out of balance (没有可用的 Key)",
             None,

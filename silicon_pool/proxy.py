@@ -38,7 +38,7 @@ from .limits import (
     rest_until,
     retry_after,
 )
-from .pool import FREE, PAID, KeyPool, Rest
+from .pool import FREE, PAID, UNKNOWN, KeyPool, Rest
 from .redact import scrub, scrub_bytes
 from .settings import Settings
 from .store import CallRecord, Store
@@ -90,7 +90,9 @@ ACCOUNT_INFO = (
     "answered; balances are in the admin (账户信息不经代理提供，余额请在管理页面查看)"
 )
 _HEADER_LIST = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+([ \t]*,[ \t]*[!#$%&'*+.^_`|~0-9A-Za-z-]+)*")
-ONLY_PAID, ONLY_FREE, FREE_FIRST = (PAID,), (FREE,), (FREE, PAID)
+ONLY_PAID, FREE_FIRST = (PAID,), (FREE, PAID)
+# The free token's keys, by `free_token_keys`: zero-balance ones first, then (by choice) others.
+FREE_TOKEN_TIERS = {"zero_only": (FREE,), "zero_then_unknown": (FREE, UNKNOWN), "any": (FREE, PAID)}
 MB = 1024 * 1024
 MAX_MODEL = 256  # characters of a model id: no real one comes near, and it is logged and rested on
 WAKE_MARGIN = 0.005  # seconds past a rest's end before a waiter looks again
@@ -314,9 +316,10 @@ class Proxy:
         )
 
     def _tiers(self, call: _Call) -> tuple[int, ...]:
-        """Free-token callers use zero-balance keys only; free models try them first."""
+        """Free-token callers use zero-balance keys first, then what `free_token_keys` allows; free models
+        try zero-balance keys first."""
         if call.caller == "free":
-            return ONLY_FREE
+            return FREE_TOKEN_TIERS[self.settings.free_token_keys]
         if call.model is not None and call.model in self.settings.free_model_set:
             return FREE_FIRST
         return ONLY_PAID

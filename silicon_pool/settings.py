@@ -325,10 +325,29 @@ class Settings:
     )
     free_token = Token(
         "",
-        Words("免费模型令牌（只用零余额 Key）", "Free token (zero-balance keys only)"),
+        Words("免费模型令牌（永不花钱）", "Free token (never spends money)"),
         Words(
-            "只能请求免费模型（其他模型返回 403），只使用零余额 Key：永远不会花钱",
-            "Free models only (others are refused with a 403), zero-balance keys only: it never spends money",
+            "只能请求免费模型（其他模型返回 403，不动用任何 Key），所以永远不会花钱；用哪些 Key 见下一项",
+            "Free models only (others are refused with a 403 before any key is touched), so it never spends "
+            "money; which keys it uses is the next setting",
+        ),
+    )
+    free_token_keys = Choice(
+        "zero_then_unknown",
+        {
+            "zero_only": Words("只用零余额 Key", "Zero-balance keys only"),
+            "zero_then_unknown": Words(
+                "先用零余额 Key，再用余额未知的 Key", "Zero-balance keys first, then keys of unknown balance"
+            ),
+            "any": Words("先用零余额 Key，再用任何 Key", "Zero-balance keys first, then any key"),
+        },
+        Words("免费令牌使用的 Key", "Keys the free token uses"),
+        Words(
+            "免费模型在任何 Key 上都不花钱；硅基流动已不再提供国内 Key 的余额，余额未知的 Key 很常见。"
+            "选“只用零余额 Key”可让免费令牌不占用有余额 Key 的模型额度",
+            "A free model costs nothing on any key; SiliconFlow no longer reports China keys' balances, so "
+            "unknown balances are common. Zero-balance only keeps free-token traffic off the per-model "
+            "budgets of keys with balance",
         ),
     )
     free_models = ModelList(

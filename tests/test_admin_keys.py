@@ -214,6 +214,7 @@ async def test_refresh_never_loses_a_key(proxy: Running, fake: FakeUpstream, adm
     assert job["result"] == {
         "updated": 3,
         "zero_balance": 1,
+        "balance_unavailable": 0,  # /user/info answers here (international keys)
         "invalid": 1,
         "unreachable": 2,
         "balance_before": 25.0,

@@ -141,6 +141,27 @@ async def test_import_shows_progress_and_counts(tab: Tab, proxy: Running, fake: 
     assert tab.errors == []
 
 
+async def test_unknown_balances_are_explained_and_topped_up_keys_go_back(
+    tab: Tab, proxy: Running, fake: FakeUpstream
+) -> None:
+    secrets = paid_keys(fake, 3)
+    zero, unknown, funded = await proxy.add_keys(*zip(secrets, [0.0, None, 4.0], strict=True))
+    await tab.login()
+    note = tab.page.locator("#balance-note")
+    await expect(note).to_contain_text("仅统计已知余额；1 个 Key 余额未知")
+    await tab.shot("home-balance-note")
+    await tab.goto("/keys")
+    cell = tab.page.locator(f'tr[data-id="{unknown.id}"] td.num').first
+    await expect(cell).to_have_text("未知")
+    assert "410" in (await cell.get_attribute("title") or "")
+    await expect(tab.page.locator(f'tr[data-id="{funded.id}"] [data-action="funded"]')).to_have_count(0)
+    await tab.page.locator(f'tr[data-id="{zero.id}"] [data-action="funded"]').click()
+    await expect(tab.page.locator(f'tr[data-id="{zero.id}"] td.num').first).to_have_text("未知")
+    assert zero.balance is None and zero.status() == "active"
+    await tab.shot("keys-balance-unknown")
+    assert tab.errors == []
+
+
 async def test_keys_table_toggle_copy_and_delete(tab: Tab, proxy: Running, fake: FakeUpstream) -> None:
     secrets = paid_keys(fake, 3)
     keys = await proxy.add_keys(*zip(secrets, [1.0, 2.0, 3.0], strict=True))

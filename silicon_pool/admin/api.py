@@ -258,8 +258,8 @@ async def bulk(request: web.Request) -> web.Response:
     ids = _ids(data.get("ids"))
     action = data.get("action")
     lifecycle = request.app[LIFECYCLE]
-    if action in ("enable", "disable"):
-        changed = lifecycle.set_enabled(ids, action == "enable")
+    if action in ("enable", "disable", "funded"):
+        changed = lifecycle.mark_funded(ids) if action == "funded" else lifecycle.set_enabled(ids, action == "enable")
         await request.app[STORE].flush()  # answered once saved
         return dumps({"changed": changed})
     if action == "delete":
@@ -267,7 +267,7 @@ async def bulk(request: web.Request) -> web.Response:
     if action == "refresh":
         job = request.app[JOBS].start("refresh", lambda job: lifecycle.refresh(job, ids))
         return dumps({"job_id": job.id}, status=202)
-    raise ApiError(400, "action: must be one of enable, disable, delete, refresh")
+    raise ApiError(400, "action: must be one of enable, disable, funded, delete, refresh")
 
 
 async def refresh_keys(request: web.Request) -> web.Response:
@@ -319,10 +319,12 @@ async def summary(request: web.Request) -> web.Response:
     now = time.monotonic()
     states = dict.fromkeys(KEY_STATES[1:], 0)
     by_account: dict[str, float] = {}
-    total = 0.0
+    total, unknown = 0.0, 0
     for key in request.app[POOL].keys.values():
         states[key.status(now)] += 1
-        if key.balance is not None and key.balance > 0:
+        if key.balance is None:
+            unknown += key.state != INVALID
+        elif key.balance > 0:
             if key.account_id:
                 by_account[key.account_id] = max(by_account.get(key.account_id, 0.0), key.balance)
             else:
@@ -332,7 +334,8 @@ async def summary(request: web.Request) -> web.Response:
     return dumps(
         {
             "keys": {"total": len(request.app[POOL]), **states},
-            "total_balance": round(total + sum(by_account.values()), 4),
+            "total_balance": round(total + sum(by_account.values()), 4),  # of the keys whose balance is known
+            "balance_unknown": unknown,
             "today": today,
             "strategy": request.app[SETTINGS].strategy,
             "rests": [{"keys": held, **_rest_view(last)} for _, (held, last) in rested],

@@ -49,6 +49,10 @@ TEXT: dict[str, tuple[str, str]] = {
     # home
     "home.keys_total": ("Key 总数", "Keys"),
     "home.balance": ("总余额（¥）", "Total balance (¥)"),
+    "home.balance_note": (
+        "仅统计已知余额；{n} 个 Key 余额未知（硅基流动已不再提供国内 Key 的余额查询）",
+        "Known balances only; {n} keys' balances are unknown (SiliconFlow no longer reports China keys' balances)",
+    ),
     "home.today_calls": ("今日调用", "Calls today"),
     "home.today_tokens": ("今日 tokens", "Tokens today"),
     "home.today_errors": ("今日错误", "Errors today"),
@@ -82,10 +86,10 @@ TEXT: dict[str, tuple[str, str]] = {
     ),
     "home.refresh_submit": ("刷新全部余额", "Refresh all balances"),
     "home.refresh_result": (
-        "已更新 {updated}（零余额 {zero_balance}），失效 {invalid}，不可达 {unreachable}；"
-        "余额 ¥{balance_before} → ¥{balance_after}",
-        "Updated {updated} ({zero_balance} zero-balance), {invalid} invalid, {unreachable} unreachable; "
-        "balance ¥{balance_before} → ¥{balance_after}",
+        "已更新 {updated}（零余额 {zero_balance}，余额不可查询 {balance_unavailable}），失效 {invalid}，"
+        "不可达 {unreachable}；已知余额 ¥{balance_before} → ¥{balance_after}",
+        "Updated {updated} ({zero_balance} zero-balance, {balance_unavailable} with no balance reported), "
+        "{invalid} invalid, {unreachable} unreachable; known balance ¥{balance_before} → ¥{balance_after}",
     ),
     "home.clients": ("客户端配置", "Client set-up"),
     "home.rests": ("限流中的模型", "Models resting after rate limits"),
@@ -122,6 +126,18 @@ TEXT: dict[str, tuple[str, str]] = {
     "keys.enable": ("启用", "Enable"),
     "keys.disable": ("禁用", "Disable"),
     "keys.refresh": ("刷新", "Refresh"),
+    "keys.funded": ("已充值", "Topped up"),
+    "keys.funded_hint": (
+        "账户已充值：零余额 Key 回到付费层，余额记为未知",
+        "The account was topped up: zero-balance keys go back to the paid tier, balance unknown",
+    ),
+    "keys.balance_unknown": ("未知", "unknown"),
+    "keys.balance_unknown_why": (
+        "硅基流动已不再提供国内 Key 的余额查询（/user/info 返回 410）；Key 有效，余额未知。"
+        "遇到余额不足（30001）时会自动记为零余额",
+        "SiliconFlow no longer reports China keys' balances (/user/info answers 410): the key is valid, its "
+        "balance unknown. An insufficient-balance answer (30001) marks it zero by itself",
+    ),
     "keys.delete": ("删除", "Delete"),
     "keys.selected": ("已选 {n} 个", "{n} selected"),
     "keys.confirm_delete": ("确定删除 {n} 个 Key？此操作不可恢复。", "Delete {n} key(s)? This cannot be undone."),

@@ -10,6 +10,9 @@ async function loadSummary() {
     const value = node.dataset.field.split(".").reduce((obj, part) => obj?.[part], summary);
     node.textContent = node.dataset.field === "total_balance" ? fmt.balance(value) : fmt.number(value);
   }
+  const note = document.getElementById("balance-note");
+  note.hidden = !summary.balance_unknown;
+  note.textContent = t("home.balance_note", { n: fmt.number(summary.balance_unknown) });
   const chips = STATES.map((state) => {
     const link = el("a", `${t(`state.${state}`)} ${fmt.number(summary.keys[state])}`, "chip");
     link.href = `/keys?state=${state}`;

@@ -72,6 +72,18 @@ function row(key) {
   const refresh = actionButton(t("keys.refresh"), () => bulk("refresh", [key.id]));
   const remove = actionButton(t("keys.delete"), () => bulk("delete", [key.id]), "small danger");
   const actions = el("td", null, "small", toggle, " ", refresh, " ", remove);
+  if (key.balance !== null && key.balance <= 0) {
+    const funded = actionButton(t("keys.funded"), () => bulk("funded", [key.id]));
+    funded.title = t("keys.funded_hint");
+    funded.dataset.action = "funded";
+    actions.append(" ", funded);
+  }
+  const balance = el("td", fmt.balance(key.balance), "num");
+  if (key.balance === null && key.state !== "invalid") {
+    balance.textContent = t("keys.balance_unknown");
+    balance.title = t("keys.balance_unknown_why");
+    balance.classList.add("muted", "hint");
+  }
   const state = el("td", null, null, badge(key.state));
   if (key.rests.length) {
     const clear = actionButton(t("keys.clear_rests"), () =>
@@ -84,7 +96,7 @@ function row(key) {
     "tr", null, null,
     el("td", null, null, check),
     el("td", null, null, el("span", key.key_masked, "mono"), " ", copy),
-    el("td", fmt.balance(key.balance), "num"),
+    balance,
     el("td", fmt.number(key.usage_count), "num"),
     state,
     el("td", fmt.time(key.added_at)),

@@ -1,0 +1,176 @@
+"""Issue 16: the free token without `/user/info` — which keys it may use, balances learned from
+traffic, the admin's "topped up", and checks that do not hammer a retired endpoint."""
+
+from __future__ import annotations
+
+import time
+
+import aiohttp
+import openai
+import pytest
+
+from silicon_pool.balance import RETIRED_SECONDS, BalanceChecker, Verdict
+from silicon_pool.keys import Key
+from silicon_pool.pool import FREE, PAID, UNKNOWN, KeyPool
+from silicon_pool.settings import Settings
+from tests.conftest import Running, paid_keys, wait_job
+from tests.fake_upstream import FakeUpstream
+
+FREE_CHAT = "Qwen/Qwen2.5-7B-Instruct"
+CHAT = "deepseek-ai/DeepSeek-V3"
+MESSAGES = [{"role": "user", "content": "hi"}]
+
+
+async def _three_keys(proxy: Running, fake: FakeUpstream) -> tuple[list[str], list[Key]]:
+    """A zero-balance key, one of unknown balance (a China key) and one known to carry balance."""
+    [zero] = paid_keys(fake, 1, balance="0", seed="zero")
+    [unknown] = paid_keys(fake, 1, seed="unknown")
+    [funded] = paid_keys(fake, 1, seed="funded")
+    keys = await proxy.add_keys((zero, 0.0), (unknown, None), (funded, 8.0))
+    await proxy.set(api_token="main-token", free_token="free-token")
+    return [zero, unknown, funded], keys
+
+
+async def _served_by(proxy: Running, fake: FakeUpstream, times: int = 3) -> set[str | None]:
+    client = proxy.openai("free-token")
+    fake.requests.clear()
+    for _ in range(times):
+        await client.chat.completions.create(model=FREE_CHAT, messages=MESSAGES)
+    return {r.key for r in fake.requests}
+
+
+@pytest.mark.parametrize(
+    ("mode", "after_zero", "after_unknown"),
+    [
+        ("zero_only", set(), set()),
+        ("zero_then_unknown", {"unknown"}, set()),
+        ("any", {"unknown", "funded"}, {"funded"}),
+    ],
+)
+async def test_the_free_token_takes_zero_balance_keys_first_then_what_free_token_keys_allows(
+    proxy: Running, fake: FakeUpstream, mode: str, after_zero: set[str], after_unknown: set[str]
+) -> None:
+    secrets, (zero, unknown, _funded) = await _three_keys(proxy, fake)
+    by_name = dict(zip(["zero", "unknown", "funded"], secrets, strict=True))
+    await proxy.set(free_token_keys=mode)
+    assert await _served_by(proxy, fake) == {by_name["zero"]}
+    for gone, allowed in ((zero, after_zero), (unknown, after_unknown)):
+        proxy.pool.set_enabled(gone, False)
+        if not allowed:
+            with pytest.raises(openai.APIStatusError) as caught:
+                await proxy.openai("free-token").chat.completions.create(model=FREE_CHAT, messages=MESSAGES)
+            assert caught.value.status_code == 503
+            return
+        served = await _served_by(proxy, fake, times=4)
+        assert served and served <= {by_name[name] for name in allowed}
+
+
+async def test_with_only_unknown_balances_the_free_token_serves_free_models_and_still_spends_nothing(
+    proxy: Running, fake: FakeUpstream
+) -> None:
+    secrets = paid_keys(fake, 3)
+    await proxy.add_keys(*((s, None) for s in secrets))  # a China pool: no balance known at all
+    await proxy.set(free_token="free-token")
+    assert await _served_by(proxy, fake) <= set(secrets)
+    fake.requests.clear()
+    with pytest.raises(openai.PermissionDeniedError):
+        await proxy.openai("free-token").chat.completions.create(model=CHAT, messages=MESSAGES)
+    assert fake.requests == []  # refused by rule, no upstream call
+
+
+async def test_insufficient_balance_marks_the_key_and_its_account_zero(proxy: Running, fake: FakeUpstream) -> None:
+    [first, second] = paid_keys(fake, 2, balance="0", seed="spent")
+    fake.add_key(second, "0", account_id=fake.account_of(first))
+    [other] = paid_keys(fake, 1, seed="other")
+    keys = await proxy.add_keys((first, None), (second, None), (other, None))
+    for key in keys[:2]:
+        proxy.pool.set_account(key, fake.account_of(first))
+    proxy.pool.set_enabled(keys[1], False)  # the account's other key is not even tried
+    fake.requests.clear()
+    await proxy.openai().chat.completions.create(model=CHAT, messages=MESSAGES)  # 30001, then `other` serves
+    assert [r.key for r in fake.requests][-1] == other
+    assert [k.balance for k in keys] == [0.0, 0.0, None]
+    assert keys[0].tier == FREE and keys[2].tier == PAID
+
+
+async def test_topped_up_moves_zero_balance_keys_back_with_balance_unknown(
+    proxy: Running, fake: FakeUpstream, admin: aiohttp.ClientSession
+) -> None:
+    _, (zero, unknown, funded) = await _three_keys(proxy, fake)
+    async with admin.post("/api/keys/bulk", json={"ids": [zero.id, unknown.id, funded.id], "action": "funded"}) as resp:
+        assert resp.status == 200 and (await resp.json()) == {"changed": 1}
+    assert (zero.balance, zero.tier, unknown.balance, funded.balance) == (None, PAID, None, 8.0)
+    await proxy.flush()
+    async with admin.get(f"/api/keys?q={zero.id}") as resp:
+        [item] = [i for i in (await resp.json())["items"] if i["id"] == zero.id]
+        assert item["balance"] is None and item["state"] == "active"
+    async with admin.get("/api/summary") as resp:
+        summary = await resp.json()
+    assert summary["total_balance"] == 8.0 and summary["balance_unknown"] == 2
+    async with admin.post("/api/keys/bulk", json={"ids": [zero.id], "action": "refund"}) as resp:
+        assert resp.status == 400 and "funded" in (await resp.json())["error"]
+
+
+async def test_import_and_refresh_ask_a_retired_user_info_once(
+    proxy: Running, fake: FakeUpstream, admin: aiohttp.ClientSession
+) -> None:
+    fake.user_info_status = 410
+    secrets = paid_keys(fake, 20)
+    async with admin.post("/api/keys/import", json={"keys": "\n".join([*secrets, secrets[0], "sk-short"])}) as resp:
+        job = await wait_job(admin, (await resp.json())["job_id"])
+    assert job["result"] == {
+        "imported": 20,
+        "zero_balance": 0,
+        "duplicates": 1,
+        "invalid_format": 1,
+        "rejected": 0,
+        "unchecked": 0,
+    }
+    assert len(fake.seen("/v1/user/info")) == 1 and len(fake.seen("/v1/models")) == 20
+    assert all(k.balance is None and k.state == "active" for k in proxy.pool.keys.values())
+    fake.requests.clear()
+    async with admin.post("/api/keys/refresh") as resp:
+        job = await wait_job(admin, (await resp.json())["job_id"])
+    assert job["result"]["balance_unavailable"] == 20 and job["result"]["unreachable"] == 0
+    assert fake.seen("/v1/user/info") == [] and len(fake.seen("/v1/models")) == 20
+
+
+async def test_a_retired_user_info_is_asked_again_a_day_later(fake: FakeUpstream, upstream_url: str) -> None:
+    fake.user_info_status = 410
+    [secret] = paid_keys(fake, 1)
+    now = [1000.0]
+    settings = Settings({"upstream": upstream_url})
+    async with aiohttp.ClientSession() as session:
+        checker = BalanceChecker(session, settings, clock=lambda: now[0])
+        for _ in range(3):
+            assert (await checker.check(secret)).verdict is Verdict.VALID
+        assert len(fake.seen("/v1/user/info")) == 1 and checker.user_info_retired()
+        now[0] += RETIRED_SECONDS + 1
+        fake.user_info_status = 200  # say the endpoint came back
+        check = await checker.check(secret)
+        assert check.balance == 10.0 and len(fake.seen("/v1/user/info")) == 2
+        assert not checker.user_info_retired()
+
+
+def test_unknown_balances_form_their_own_index_that_follows_the_balance() -> None:
+    pool = KeyPool("least_used")
+    keys = [Key(i, f"sk-{i:048d}", time.time(), balance) for i, balance in enumerate([None, 5.0, 0.0, None], 1)]
+    pool.add_many(keys)
+    assert [pool.tier_size(t) for t in (PAID, FREE, UNKNOWN)] == [3, 1, 2]
+    pool.set_balance(keys[0], 0.0)  # a 30001: zero now
+    pool.set_balance(keys[1], None)  # topped up: unknown
+    assert [pool.tier_size(t) for t in (PAID, FREE, UNKNOWN)] == [2, 2, 2]
+    pool.set_enabled(keys[3], False)
+    picked = {pool.acquire((UNKNOWN,)).id for _ in range(4)}  # type: ignore[union-attr]
+    assert picked == {keys[1].id}
+    for key in keys:
+        while key.inflight:
+            pool.release(key)
+    pool.set_enabled(keys[3], True)
+    for i in range(40):  # enough to open a view for the model: the subset is viewed too
+        pool.add(Key(100 + i, f"sk-{100 + i:048d}", time.time(), None))
+    for key in list(pool.keys.values()):
+        if key.id != keys[3].id:
+            pool.rest(key, FREE_CHAT, "RPM", time.time() + 60, whole_account=False)
+    assert pool.acquire((UNKNOWN,), FREE_CHAT).id == keys[3].id  # type: ignore[union-attr]
+    assert pool.acquire((UNKNOWN,), CHAT) is not None
