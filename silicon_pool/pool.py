@@ -4,7 +4,8 @@ per-model views that leave out the keys resting for one model.
 Keys fall in two tiers: PAID (balance > 0 or unknown) serves normal requests, FREE (balance
 <= 0) serves free models. UNKNOWN is the part of PAID whose balance is unknown (SiliconFlow no
 longer reports China keys' balances), indexed on its own so the free token can fall back on it
-without ever taking a key known to carry balance. A key that is disabled, invalid, cooling down
+without ever taking a key known to carry balance; its keys take turns (UNKNOWN_ORDER), so the
+paid traffic on them pays no second re-ranking per request. A key that is disabled, invalid, cooling down
 (a network failure rests the whole key) or at its concurrency cap sits in no index, so a pick
 never skips it.
 
@@ -95,8 +96,11 @@ def _in_tiers(key: Key, tiers: tuple[int, ...]) -> bool:
     return any(t in tiers for t in _homes(_tier_of(key), key))
 
 
+UNKNOWN_ORDER = "round_robin"  # how the free token's fallback keys are picked: nothing to re-rank
+
+
 def _new_tiers(strategy: str) -> Tiers:
-    return make_index(strategy), make_index(strategy), make_index(strategy)
+    return make_index(strategy), make_index(strategy), make_index(UNKNOWN_ORDER)
 
 
 def owner_of(key: Key) -> Owner:
@@ -294,16 +298,10 @@ class KeyPool:
         tier = key.tier
         if tier is None:
             return
-        indexes = self._indexes
-        indexes[tier].rescore(key)
-        unknown = tier == PAID and key.balance is None
-        if unknown:
-            indexes[UNKNOWN].rescore(key)
+        self._indexes[tier].rescore(key)
         for view in self._views.values():
             if key in view[tier]:
                 view[tier].rescore(key)
-                if unknown:
-                    view[UNKNOWN].rescore(key)
 
     def _pick_skipping(self, index: Index, exclude: tuple[int, ...], resting_for: str | None) -> Key | None:
         """Set aside, while picking, the keys this request tried and (for a model without a view)
