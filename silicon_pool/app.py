@@ -115,10 +115,10 @@ async def _upstream(app: web.Application) -> AsyncIterator[None]:
     session, client = make_session(), Http1Client()
     pool, settings, store = app[POOL], app[SETTINGS], app[STORE]
     app[UPSTREAM] = session
-    app[PROXY] = Proxy(pool, settings, store, client, app[HOSTS])
+    app[CATALOG] = ModelCatalog(session, pool, settings)
+    app[PROXY] = Proxy(pool, settings, store, client, app[HOSTS], app[CATALOG])
     app[CHECKER] = BalanceChecker(session, settings)
     app[LIFECYCLE] = KeyLifecycle(pool, store, settings, app[CHECKER])
-    app[CATALOG] = ModelCatalog(session, pool, settings)
     yield
     await client.close()
     await session.close()

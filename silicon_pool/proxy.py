@@ -38,9 +38,12 @@ from .limits import (
     rest_until,
     retry_after,
 )
+from .models import CatalogUnavailable, ModelCatalog
+from .multipart import boundary, form_field
 from .pool import FREE, PAID, KeyPool, Rest
 from .redact import scrub, scrub_bytes
 from .settings import Settings
+from .shapes import openai_error_body, openai_images
 from .store import CallRecord, Store
 from .text import MAX_LOGGED, clean
 from .upstream import DROP_FROM_CLIENT, DROP_FROM_UPSTREAM, Outcome, classify, describe, describe_exception
@@ -61,6 +64,7 @@ CONTAINED = {"Content-Security-Policy": "sandbox; default-src 'none'", "X-Conten
 LOOPBACK_ORIGIN = re.compile(r"https?://(localhost|[a-z0-9.-]+\.localhost|127(\.\d{1,3}){3}|\[::1\])(:\d{1,5})?", re.I)
 MAX_CACHED_ORIGINS = 64
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+SSE_UTF8 = "text/event-stream; charset=utf-8"
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +73,7 @@ class Endpoint:
 
     json_body: bool
     usage: Callable[[bytes | bytearray], Usage]
+    reshape: Callable[[bytes], bytes] | None = None  # a successful JSON answer, into OpenAI's shape
 
 
 ENDPOINTS = {
@@ -76,7 +81,7 @@ ENDPOINTS = {
     "completions": Endpoint(True, token_usage),
     "embeddings": Endpoint(True, token_usage),
     "rerank": Endpoint(True, token_usage),
-    "images/generations": Endpoint(True, image_usage),
+    "images/generations": Endpoint(True, image_usage, openai_images),
 }
 OTHER = Endpoint(False, token_usage)
 
@@ -172,6 +177,13 @@ def _has_dot_segment(raw_path: str) -> bool:
     return False
 
 
+def _take_model(call: _Call, model: str) -> None:
+    """The model the request names, which its log row, tiers and rests go by."""
+    if len(model) > MAX_MODEL:
+        raise RequestRejected(400, f"The model id is over {MAX_MODEL} characters", "model_too_long")
+    call.model = model
+
+
 def _header(answer: Answer, name: str) -> str | None:
     """One header of the upstream's answer (`name` in lower case)."""
     return next((v for k, v in answer.headers if k.lower() == name), None)
@@ -216,8 +228,17 @@ class RequestRejected(Exception):
 class Proxy:
     """Forwards requests with keys from `pool`; reads everything else from `settings`."""
 
-    def __init__(self, pool: KeyPool, settings: Settings, store: Store, client: Http1Client, hosts: HostCheck) -> None:
+    def __init__(
+        self,
+        pool: KeyPool,
+        settings: Settings,
+        store: Store,
+        client: Http1Client,
+        hosts: HostCheck,
+        catalog: ModelCatalog,
+    ) -> None:
         self.pool, self.settings, self.store, self.client, self.hosts = pool, settings, store, client, hosts
+        self.catalog = catalog
         self._targets: dict[str, Target] = {}
         self._targets_base = settings.upstream
         self._turns = _Turns()
@@ -263,6 +284,8 @@ class Proxy:
             except RequestRejected as exc:
                 self._log(call, exc.status, None, error=exc.message)
                 return openai_error(exc.status, exc.message, exc.type, exc.code)
+            if request.method == "GET" and call.path.startswith("models/") and len(call.path) > len("models/"):
+                return await self._model(call)
             return await self._forward(request, call, endpoint, body, self._tiers(call))
         except asyncio.CancelledError:  # the client went away
             if not call.logged:
@@ -377,6 +400,11 @@ class Proxy:
     def _inspect(request: web.BaseRequest, call: _Call, endpoint: Endpoint, body: bytes) -> None:
         """The model and stream flag; on a JSON endpoint anything but a JSON object is refused."""
         strict = endpoint.json_body
+        if body and not strict and (delimiter := boundary(request.headers.get("Content-Type"))) is not None:
+            field = form_field(body, delimiter, "model", 4 * MAX_MODEL)  # UTF-8: at most 4 bytes a character
+            if field:
+                _take_model(call, field.decode("utf-8", "replace"))
+            return
         if not body or not (strict or media_type(request.headers.get("Content-Type")) == "application/json"):
             if strict and request.method == "POST":
                 raise RequestRejected(400, "The request body must be a JSON object", "invalid_json")
@@ -390,10 +418,8 @@ class Proxy:
                 raise RequestRejected(400, "The request body must be a JSON object", "invalid_json")
             return
         model = payload.get("model")
-        if isinstance(model, str) and len(model) > MAX_MODEL:
-            raise RequestRejected(400, f"The model id is over {MAX_MODEL} characters", "model_too_long")
         if isinstance(model, str) and model:
-            call.model = model
+            _take_model(call, model)
         elif strict:
             raise RequestRejected(400, "The request needs a model (a model id string)", "model_required")
         call.stream = payload.get("stream") is True
@@ -422,6 +448,25 @@ class Proxy:
         if "Access-Control-Request-Private-Network" in request.headers:  # a page on the internet calling this machine
             headers["Access-Control-Allow-Private-Network"] = "true"
         return web.Response(status=204, headers=headers)
+
+    async def _model(self, call: _Call) -> web.Response:
+        """`GET /v1/models/{id}` (the SDKs' `models.retrieve`), from the cached list: ids hold slashes,
+        which clients may send as %2F."""
+        model_id = call.path[len("models/") :].replace("%2F", "/").replace("%2f", "/")
+        try:
+            models, _ = await self.catalog.models()
+        except CatalogUnavailable as exc:
+            message = f"The model list is unavailable: {exc} (模型列表暂不可用)"
+            self._log(call, exc.status, None, error=message)
+            return openai_error(exc.status, message, "server_error", "models_unavailable")
+        if not any(m["id"] == model_id for m in models):
+            shown = clean(model_id, 100)
+            message = f"The model {shown} does not exist (模型 {shown} 不存在)"
+            self._log(call, 404, None, error=message)
+            return openai_error(404, message, "invalid_request_error", "model_not_found")
+        self._log(call, 200, None)
+        body = orjson.dumps({"id": model_id, "object": "model", "created": 0, "owned_by": ""})
+        return web.Response(body=body, content_type="application/json", headers=CONTAINED)
 
     # -- forwarding with failover -------------------------------------------------------------
 
@@ -472,9 +517,7 @@ class Proxy:
                 if outcome is Outcome.CLIENT or (zero_balance_refused and call.model not in settings.free_model_set):
                     # The request is wrong (or asks a zero-balance key for a paid model): no key would help.
                     self._log(call, upstream.status, key, error=describe(upstream.status, answer))
-                    return web.Response(
-                        status=upstream.status, body=scrub_bytes(answer), headers=self._reply_headers(upstream, request)
-                    )
+                    return self._relay_error(request, upstream, answer)
                 failures.append(describe(upstream.status, answer))
                 cooled |= self._penalise(key, call, outcome, upstream, answer, failures[-1])
                 if zero_balance_refused:
@@ -630,6 +673,16 @@ class Proxy:
             headers.update(CORS)
         return headers
 
+    def _relay_error(self, request: web.BaseRequest, upstream: Answer, answer: bytes) -> web.Response:
+        """The upstream's error for the client, no key in it, in OpenAI's shape (an encoded body as it came)."""
+        body, headers = scrub_bytes(answer), self._reply_headers(upstream, request)
+        shaped = None if _header(upstream, "content-encoding") else openai_error_body(upstream.status, body)
+        if shaped is not None:
+            body = shaped
+            headers = {k: v for k, v in headers.items() if k.lower() != "content-type"}
+            headers["Content-Type"] = "application/json"
+        return web.Response(status=upstream.status, body=body, headers=headers)
+
     async def _relay(
         self, request: web.BaseRequest, upstream: Answer, key: Key, call: _Call, endpoint: Endpoint
     ) -> web.StreamResponse:
@@ -639,6 +692,8 @@ class Proxy:
         if content_type == "application/json":
             answer = await upstream.read(self.settings.max_answer_mb * MB)
             self._log(call, upstream.status, key, time.monotonic(), endpoint.usage(answer))
+            if endpoint.reshape is not None and upstream.status < 300 and not _header(upstream, "content-encoding"):
+                answer = endpoint.reshape(answer)
             return web.Response(status=upstream.status, body=answer, headers=self._reply_headers(upstream, request))
         if endpoint.json_body and content_type != "text/event-stream":
             shown = clean(content_type, 100)
@@ -657,7 +712,9 @@ class Proxy:
         response = web.StreamResponse(status=upstream.status, headers=self._reply_headers(upstream, request))
         if sse is not None:
             response.headers.update(SSE_HEADERS)
-        call.stream = True
+            if "charset" not in (upstream.content_type or "").lower():  # `requests` would read it as ISO-8859-1
+                response.headers["Content-Type"] = SSE_UTF8
+            call.stream = True  # what the client asked for aside (audio comes in chunks too)
         status, error, first_byte = upstream.status, None, None
         event_limit = self.settings.max_answer_mb * MB  # clients hold an event whole: one never ends past this
         # From here on the answer is the client's: whatever breaks, no other key is tried.
