@@ -47,7 +47,7 @@ from .shapes import openai_error_body, openai_images
 from .store import CallRecord, Store
 from .text import MAX_LOGGED, clean
 from .upstream import DROP_FROM_CLIENT, DROP_FROM_UPSTREAM, Outcome, classify, describe, describe_exception
-from .usage import NO_USAGE, StreamUsage, Usage, image_usage, token_usage
+from .usage import NO_USAGE, FinalUsageOnly, StreamUsage, Usage, image_usage, token_usage
 
 log = logging.getLogger(__name__)
 
@@ -708,6 +708,7 @@ class Proxy:
         A chunk read after the upstream has already ended goes out with the end of the answer,
         in one write: nothing is held back, one system call is saved."""
         sse = StreamUsage() if is_sse else None
+        trim = FinalUsageOnly() if is_sse and self.settings.stream_usage == "final_only" else None
         chunk = await upstream.readany()  # a failure here may still move on to another key
         response = web.StreamResponse(status=upstream.status, headers=self._reply_headers(upstream, request))
         if sse is not None:
@@ -726,14 +727,15 @@ class Proxy:
                     if sse.event_bytes > event_limit:
                         raise AnswerTooLarge(f"one event of the stream is over max_answer_mb ({event_limit // MB} MB)")
                 ended = upstream.at_eof()
+                out = chunk if trim is None else trim.feed(chunk, last=ended)
                 if ended:  # the upstream is done: this chunk and the end of the answer go out together
-                    await response.write_eof(chunk)
-                else:
-                    await response.write(chunk)
-                if first_byte is None:
+                    await response.write_eof(out)
+                elif out:
+                    await response.write(out)
+                if first_byte is None and out:
                     first_byte = time.monotonic()
                 chunk = b"" if ended else await upstream.readany()
-            await response.write_eof()
+            await response.write_eof(b"" if trim is None else trim.feed(b"", last=True))
         except asyncio.CancelledError:
             status, error = 499, "client disconnected"
             raise

@@ -398,6 +398,23 @@ class Settings:
             "A JSON answer, an error answer or one stream event larger than this is answered 502, blaming no key",
         ),
     )
+    stream_usage = Choice(
+        "as_upstream",
+        {
+            "as_upstream": Words(
+                "与上游相同（每个分块都带累计用量）", "As the upstream sends it (running usage in every chunk)"
+            ),
+            "final_only": Words(
+                "只在结束的分块中（与 OpenAI 相同）", "In the finishing chunk only (as OpenAI sends it)"
+            ),
+        },
+        Words("流式应答中的用量", "Usage in streamed answers"),
+        Words(
+            "硅基流动在每个分块中重复累计用量，把各块用量相加的客户端（如 langchain）会多计；调用日志两种方式都准确",
+            "SiliconFlow repeats the running usage in every chunk, so clients that add chunks up (langchain) "
+            "overcount; the call log is right either way",
+        ),
+    )
     check_concurrency = Integer(
         16,
         1,
