@@ -38,6 +38,7 @@ from .limits import (
     rest_until,
     retry_after,
 )
+from .metrics import Metrics
 from .models import CatalogUnavailable, ModelCatalog
 from .multipart import boundary, form_field
 from .pool import FREE, PAID, KeyPool, Rest
@@ -177,6 +178,15 @@ def _has_dot_segment(raw_path: str) -> bool:
     return False
 
 
+def _failure(exc: BaseException) -> str:
+    """An attempt's outcome, for the metrics, when the answer never came whole."""
+    if isinstance(exc, AnswerTooLarge):
+        return "too_large"
+    if isinstance(exc, TimeoutError):
+        return "timeout"
+    return "protocol" if isinstance(exc, ProtocolError) else "network"
+
+
 def _take_model(call: _Call, model: str) -> None:
     """The model the request names, which its log row, tiers and rests go by."""
     if len(model) > MAX_MODEL:
@@ -236,9 +246,10 @@ class Proxy:
         client: Http1Client,
         hosts: HostCheck,
         catalog: ModelCatalog,
+        metrics: Metrics,
     ) -> None:
         self.pool, self.settings, self.store, self.client, self.hosts = pool, settings, store, client, hosts
-        self.catalog = catalog
+        self.catalog, self.metrics = catalog, metrics
         self._targets: dict[str, Target] = {}
         self._targets_base = settings.upstream
         self._turns = _Turns()
@@ -480,6 +491,7 @@ class Proxy:
         failures: list[str] = []
         cooled = False
         deadline: float | None = None
+        outcome_of_last: str | None = None  # the last attempt's, for the metrics
         while len(call.tried) < settings.max_attempts:
             waits = settings.wait_for_key_seconds > 0
             # While others wait for this model, a newcomer queues behind them: first come, first served.
@@ -490,6 +502,8 @@ class Proxy:
                 key = await self._wait_for_key(tiers, model, deadline)
             if key is None:
                 break
+            if outcome_of_last is not None:
+                self.metrics.failover(outcome_of_last)
             call.tried += (key.id,)
             call.key = key
             headers["Authorization"] = key.auth
@@ -506,13 +520,17 @@ class Proxy:
                 pool.release(key)
                 if not isinstance(exc, UPSTREAM_FAILURES):
                     raise
+                self.metrics.attempt(outcome_of_last := _failure(exc))
                 cooled |= self._upstream_failed(key, exc, failures)
                 continue
+            outcome_of_last = "client_left"  # unless the attempt ends otherwise
             try:
                 if upstream.status < 400:
+                    outcome_of_last = "ok"
                     return await self._relay(request, upstream, key, call, endpoint)
                 answer = await upstream.read(settings.max_answer_mb * MB)
                 outcome = classify(upstream.status, answer)
+                outcome_of_last = outcome.value
                 zero_balance_refused = outcome is Outcome.NO_BALANCE and key.tier == FREE
                 if outcome is Outcome.CLIENT or (zero_balance_refused and call.model not in settings.free_model_set):
                     # The request is wrong (or asks a zero-balance key for a paid model): no key would help.
@@ -524,18 +542,22 @@ class Proxy:
                     # Zero-balance keys refuse even free models now: spend the other attempts on keys with balance.
                     tiers = tuple(t for t in tiers if t != FREE)
             except AnswerTooLarge:  # whatever the upstream is doing, no key would fare better
+                outcome_of_last = "too_large"
                 mb = settings.max_answer_mb
                 message = f"The upstream's answer is over max_answer_mb ({mb} MB) (上游应答超过 {mb} MB)"
                 self._log(call, 502, key, error=message)
                 return openai_error(502, message, "upstream_error", "answer_too_large")
             except UPSTREAM_FAILURES as exc:  # the answer broke before a byte reached the client
+                outcome_of_last = _failure(exc)
                 cooled |= self._upstream_failed(key, exc, failures)
             except BadAnswer as exc:  # the upstream's fault, not the key's: another key may fare better
+                outcome_of_last = "bad_answer"
                 failures.append(str(exc))
                 pool.note_error(key, failures[-1])
             finally:
                 upstream.release()
                 pool.release(key)
+                self.metrics.attempt(outcome_of_last)
         call.key = None
         return self._no_key(call, tiers, failures, cooled)
 
@@ -788,23 +810,23 @@ class Proxy:
         """Queue the call-log row; the writer thread stores it."""
         call.logged = True
         started = call.started
-        self.store.log_call(
-            CallRecord(
-                time.time(),
-                clean(call.path, MAX_LOGGED),
-                clean(call.model, MAX_LOGGED) if call.model is not None else None,
-                key.id if key is not None else None,
-                status,
-                len(call.tried),
-                round((time.monotonic() - started) * 1000),
-                round((first_byte - started) * 1000) if first_byte is not None else None,
-                usage.prompt_tokens,
-                usage.completion_tokens,
-                usage.total_tokens,
-                usage.images,
-                call.stream,
-                call.caller,
-                clean(error, MAX_ERROR) if error is not None else None,
-                ",".join(dict.fromkeys(r.kind for r in call.limited)) if call.limited else None,
-            )
+        record = CallRecord(
+            time.time(),
+            clean(call.path, MAX_LOGGED),
+            clean(call.model, MAX_LOGGED) if call.model is not None else None,
+            key.id if key is not None else None,
+            status,
+            len(call.tried),
+            round((time.monotonic() - started) * 1000),
+            round((first_byte - started) * 1000) if first_byte is not None else None,
+            usage.prompt_tokens,
+            usage.completion_tokens,
+            usage.total_tokens,
+            usage.images,
+            call.stream,
+            call.caller,
+            clean(error, MAX_ERROR) if error is not None else None,
+            ",".join(dict.fromkeys(r.kind for r in call.limited)) if call.limited else None,
         )
+        self.store.log_call(record)
+        self.metrics.observe(record)

@@ -331,6 +331,14 @@ class Settings:
             "Free models only (others are refused with a 403), zero-balance keys only: it never spends money",
         ),
     )
+    metrics_token = Token(
+        "",
+        Words("监控令牌（/metrics，留空则仅限本机）", "Metrics token (/metrics; empty: this machine only)"),
+        Words(
+            "Prometheus 以 Bearer 发送此令牌抓取 /metrics；留空时只有本机地址可以抓取",
+            "Prometheus sends it as Bearer to scrape /metrics; empty lets only this machine's addresses scrape",
+        ),
+    )
     free_models = ModelList(
         DEFAULT_FREE_MODELS,
         Words("免费模型（每行一个，优先用零余额 Key）", "Free models (one a line; zero-balance keys first)"),

@@ -159,6 +159,7 @@ async def test_the_writer_sets_aside_only_the_row_it_cannot_write(tmp_path: Path
             hourly = conn.execute("SELECT SUM(calls) FROM usage_hourly").fetchone()[0]
         assert (enabled, last_error) == (0, "upstream said \ufffd")
         assert calls == [("fine", "m\ufffd"), ("bad \ufffd", "m\ufffd")] and hourly == 2
+        assert store.dropped_rows == 1  # what /metrics reports (test_metrics.py)
     finally:
         store.close()
 
