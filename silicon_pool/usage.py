@@ -144,7 +144,7 @@ class StreamUsage:
 
 
 _USAGE_NAME = b'"usage"'
-_UNFINISHED = (b'"finish_reason":null', b'"finish_reason": null')  # compact JSON, or with a space
+_FINISH = b'"finish_reason"'
 
 
 def _object_end(data: bytes, start: int) -> int:
@@ -159,13 +159,24 @@ def _object_end(data: bytes, start: int) -> int:
     return -1
 
 
+def _goes_on(data: bytes, line: int, at: int, line_end: int) -> bool:
+    """Whether the chunk on `data[line:line_end]` says its choice goes on (`"finish_reason": null`).
+    SiliconFlow writes it just before usage, so the search goes back from `at` first."""
+    found = data.rfind(_FINISH, line, at)
+    if found < 0:
+        found = data.find(_FINISH, at, line_end)
+        if found < 0:
+            return False
+    value = data[found + 15 : found + 22].lstrip(b": \t")
+    return value.startswith(b"null")
+
+
 def _without_running_usage(data: bytes) -> bytes:
     """Whole events, with the usage of each chunk whose choice goes on (`finish_reason` null) set to
     null; a chunk that finishes, or holds usage alone, keeps it. JSON holds no raw line break, so a
     chunk is one line, found around each `"usage"` from the end: nothing else is searched or copied."""
     at = data.rfind(_USAGE_NAME)
     tail, pieces = len(data), list[bytes]()
-    compact, spaced = _UNFINISHED
     while at >= 0:
         line = data.rfind(b"\n", 0, at) + 1
         line_end = data.find(b"\n", at, tail)
@@ -174,7 +185,7 @@ def _without_running_usage(data: bytes) -> bytes:
         if (
             start > 0
             and data[at + 7 : start].strip() == b":"
-            and (data.find(compact, line, line_end) >= 0 or data.find(spaced, line, line_end) >= 0)
+            and _goes_on(data, line, at, line_end)
             and (end := _object_end(data, start)) > 0
         ):
             pieces += (data[end:tail], b'"usage":null')
@@ -183,7 +194,8 @@ def _without_running_usage(data: bytes) -> bytes:
     if not pieces:
         return data
     pieces.append(data[:tail])
-    return b"".join(reversed(pieces))
+    pieces.reverse()
+    return b"".join(pieces)
 
 
 class FinalUsageOnly:

@@ -51,6 +51,16 @@ def test_events_are_held_only_until_they_end() -> None:
     assert trim.feed(b"data: cut", last=True) == b"data: cut"
 
 
+def test_spaced_json_and_chunks_without_usage_or_choices() -> None:
+    spaced = (
+        b'data: {"choices": [{"delta": {"content": "x"}, "finish_reason": null}], "usage": {"total_tokens": 3}}\n\n'
+    )
+    assert FinalUsageOnly().feed(spaced) == spaced.replace(b'"usage": {"total_tokens": 3}', b'"usage":null')
+    alone = b'data: {"choices": [], "usage": {"total_tokens": 3}}\n\n'  # OpenAI's own usage chunk
+    plain = b'data: {"choices": [{"delta": {}, "finish_reason": null}], "usage": null}\n\n'
+    assert FinalUsageOnly().feed(alone + plain) == alone + plain
+
+
 async def _stream(proxy: Running, http: aiohttp.ClientSession) -> tuple[bytes, list[dict[str, object]]]:
     body = {"model": CHAT, "messages": MESSAGES, "stream": True}
     async with http.post(f"{proxy.base}/v1/chat/completions", json=body) as resp:
