@@ -26,9 +26,10 @@ from .hosts import HostCheck
 from .http1 import Http1Client
 from .jobs import Jobs
 from .lifecycle import KeyLifecycle
+from .metrics import Metrics, scrape
 from .models import ModelCatalog
 from .pool import FREE, PAID, KeyPool
-from .proxy import Proxy, openai_error
+from .proxy import ENDPOINTS, Proxy, openai_error
 from .settings import Settings
 from .store import Store, open_secrets
 from .typedefs import (
@@ -39,6 +40,7 @@ from .typedefs import (
     HOSTS,
     JOBS,
     LIFECYCLE,
+    METRICS,
     POOL,
     PROXY,
     REVOKED,
@@ -115,10 +117,10 @@ async def _upstream(app: web.Application) -> AsyncIterator[None]:
     session, client = make_session(), Http1Client()
     pool, settings, store = app[POOL], app[SETTINGS], app[STORE]
     app[UPSTREAM] = session
-    app[PROXY] = Proxy(pool, settings, store, client, app[HOSTS])
+    app[CATALOG] = ModelCatalog(session, pool, settings)
+    app[PROXY] = Proxy(pool, settings, store, client, app[HOSTS], app[CATALOG], app[METRICS])
     app[CHECKER] = BalanceChecker(session, settings)
     app[LIFECYCLE] = KeyLifecycle(pool, store, settings, app[CHECKER])
-    app[CATALOG] = ModelCatalog(session, pool, settings)
     yield
     await client.close()
     await session.close()
@@ -175,9 +177,11 @@ def create_app(config: Config) -> web.Application:
     app = web.Application(middlewares=[admin_gate(cookie_storage(secrets.cookie_key))])
     app[CONFIG], app[SECRETS], app[THROTTLE] = config, secrets, LoginThrottle()
     app[HOSTS] = HostCheck(config.allowed_hosts)
+    app[METRICS] = Metrics((*ENDPOINTS, "models", "audio/speech", "audio/transcriptions"))
     app.cleanup_ctx.extend([_storage, _upstream, _jobs])
     app.router.add_route("*", "/v1/{tail:.*}", to_proxy, name=V1_ROUTE, expect_handler=proxy_decides_expect)
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", scrape)
     app.router.add_route(
         "*", r"/{endpoint:(chat/completions|completions|embeddings|models|rerank|images/generations)}", missing_v1
     )

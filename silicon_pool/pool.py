@@ -438,6 +438,11 @@ class KeyPool:
             summary[model] = (held, max(rests.by_owner.values(), key=lambda r: r.until))
         return summary
 
+    def live_rests(self) -> Iterable[Rest]:
+        """Every rest not yet over (ended ones leave lazily), for the metrics."""
+        now = self.clock()
+        return [rest for rests in self._rests.values() for rest in rests.by_owner.values() if rest.until > now]
+
     def _owned(self, owner: Owner) -> Iterable[Key]:
         scope, who = owner
         if scope == ACCOUNT:

@@ -38,13 +38,17 @@ from .limits import (
     rest_until,
     retry_after,
 )
+from .metrics import Metrics
+from .models import CatalogUnavailable, ModelCatalog
+from .multipart import boundary, form_field
 from .pool import FREE, PAID, UNKNOWN, KeyPool, Rest
 from .redact import scrub, scrub_bytes
 from .settings import Settings
+from .shapes import openai_error_body, openai_images
 from .store import CallRecord, Store
 from .text import MAX_LOGGED, clean
 from .upstream import DROP_FROM_CLIENT, DROP_FROM_UPSTREAM, Outcome, classify, describe, describe_exception
-from .usage import NO_USAGE, StreamUsage, Usage, image_usage, token_usage
+from .usage import NO_USAGE, FinalUsageOnly, StreamUsage, Usage, image_usage, token_usage
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +65,7 @@ CONTAINED = {"Content-Security-Policy": "sandbox; default-src 'none'", "X-Conten
 LOOPBACK_ORIGIN = re.compile(r"https?://(localhost|[a-z0-9.-]+\.localhost|127(\.\d{1,3}){3}|\[::1\])(:\d{1,5})?", re.I)
 MAX_CACHED_ORIGINS = 64
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+SSE_UTF8 = "text/event-stream; charset=utf-8"
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +74,7 @@ class Endpoint:
 
     json_body: bool
     usage: Callable[[bytes | bytearray], Usage]
+    reshape: Callable[[bytes], bytes] | None = None  # a successful JSON answer, into OpenAI's shape
 
 
 ENDPOINTS = {
@@ -76,7 +82,7 @@ ENDPOINTS = {
     "completions": Endpoint(True, token_usage),
     "embeddings": Endpoint(True, token_usage),
     "rerank": Endpoint(True, token_usage),
-    "images/generations": Endpoint(True, image_usage),
+    "images/generations": Endpoint(True, image_usage, openai_images),
 }
 OTHER = Endpoint(False, token_usage)
 
@@ -174,6 +180,22 @@ def _has_dot_segment(raw_path: str) -> bool:
     return False
 
 
+def _failure(exc: BaseException) -> str:
+    """An attempt's outcome, for the metrics, when the answer never came whole."""
+    if isinstance(exc, AnswerTooLarge):
+        return "too_large"
+    if isinstance(exc, TimeoutError):
+        return "timeout"
+    return "protocol" if isinstance(exc, ProtocolError) else "network"
+
+
+def _take_model(call: _Call, model: str) -> None:
+    """The model the request names, which its log row, tiers and rests go by."""
+    if len(model) > MAX_MODEL:
+        raise RequestRejected(400, f"The model id is over {MAX_MODEL} characters", "model_too_long")
+    call.model = model
+
+
 def _header(answer: Answer, name: str) -> str | None:
     """One header of the upstream's answer (`name` in lower case)."""
     return next((v for k, v in answer.headers if k.lower() == name), None)
@@ -218,8 +240,18 @@ class RequestRejected(Exception):
 class Proxy:
     """Forwards requests with keys from `pool`; reads everything else from `settings`."""
 
-    def __init__(self, pool: KeyPool, settings: Settings, store: Store, client: Http1Client, hosts: HostCheck) -> None:
+    def __init__(
+        self,
+        pool: KeyPool,
+        settings: Settings,
+        store: Store,
+        client: Http1Client,
+        hosts: HostCheck,
+        catalog: ModelCatalog,
+        metrics: Metrics,
+    ) -> None:
         self.pool, self.settings, self.store, self.client, self.hosts = pool, settings, store, client, hosts
+        self.catalog, self.metrics = catalog, metrics
         self._targets: dict[str, Target] = {}
         self._targets_base = settings.upstream
         self._turns = _Turns()
@@ -265,6 +297,8 @@ class Proxy:
             except RequestRejected as exc:
                 self._log(call, exc.status, None, error=exc.message)
                 return openai_error(exc.status, exc.message, exc.type, exc.code)
+            if request.method == "GET" and call.path.startswith("models/") and len(call.path) > len("models/"):
+                return await self._model(call)
             return await self._forward(request, call, endpoint, body, self._tiers(call))
         except asyncio.CancelledError:  # the client went away
             if not call.logged:
@@ -380,6 +414,11 @@ class Proxy:
     def _inspect(request: web.BaseRequest, call: _Call, endpoint: Endpoint, body: bytes) -> None:
         """The model and stream flag; on a JSON endpoint anything but a JSON object is refused."""
         strict = endpoint.json_body
+        if body and not strict and (delimiter := boundary(request.headers.get("Content-Type"))) is not None:
+            field = form_field(body, delimiter, "model", 4 * MAX_MODEL)  # UTF-8: at most 4 bytes a character
+            if field:
+                _take_model(call, field.decode("utf-8", "replace"))
+            return
         if not body or not (strict or media_type(request.headers.get("Content-Type")) == "application/json"):
             if strict and request.method == "POST":
                 raise RequestRejected(400, "The request body must be a JSON object", "invalid_json")
@@ -393,10 +432,8 @@ class Proxy:
                 raise RequestRejected(400, "The request body must be a JSON object", "invalid_json")
             return
         model = payload.get("model")
-        if isinstance(model, str) and len(model) > MAX_MODEL:
-            raise RequestRejected(400, f"The model id is over {MAX_MODEL} characters", "model_too_long")
         if isinstance(model, str) and model:
-            call.model = model
+            _take_model(call, model)
         elif strict:
             raise RequestRejected(400, "The request needs a model (a model id string)", "model_required")
         call.stream = payload.get("stream") is True
@@ -426,6 +463,25 @@ class Proxy:
             headers["Access-Control-Allow-Private-Network"] = "true"
         return web.Response(status=204, headers=headers)
 
+    async def _model(self, call: _Call) -> web.Response:
+        """`GET /v1/models/{id}` (the SDKs' `models.retrieve`), from the cached list: ids hold slashes,
+        which clients may send as %2F."""
+        model_id = call.path[len("models/") :].replace("%2F", "/").replace("%2f", "/")
+        try:
+            models, _ = await self.catalog.models()
+        except CatalogUnavailable as exc:
+            message = f"The model list is unavailable: {exc} (模型列表暂不可用)"
+            self._log(call, exc.status, None, error=message)
+            return openai_error(exc.status, message, "server_error", "models_unavailable")
+        if not any(m["id"] == model_id for m in models):
+            shown = clean(model_id, 100)
+            message = f"The model {shown} does not exist (模型 {shown} 不存在)"
+            self._log(call, 404, None, error=message)
+            return openai_error(404, message, "invalid_request_error", "model_not_found")
+        self._log(call, 200, None)
+        body = orjson.dumps({"id": model_id, "object": "model", "created": 0, "owned_by": ""})
+        return web.Response(body=body, content_type="application/json", headers=CONTAINED)
+
     # -- forwarding with failover -------------------------------------------------------------
 
     async def _forward(
@@ -438,6 +494,7 @@ class Proxy:
         failures: list[str] = []
         cooled = False
         deadline: float | None = None
+        outcome_of_last: str | None = None  # the last attempt's, for the metrics
         while len(call.tried) < settings.max_attempts:
             waits = settings.wait_for_key_seconds > 0
             # While others wait for this model, a newcomer queues behind them: first come, first served.
@@ -448,6 +505,8 @@ class Proxy:
                 key = await self._wait_for_key(tiers, model, deadline)
             if key is None:
                 break
+            if outcome_of_last is not None:
+                self.metrics.failover(outcome_of_last)
             call.tried += (key.id,)
             call.key = key
             headers["Authorization"] = key.auth
@@ -464,38 +523,44 @@ class Proxy:
                 pool.release(key)
                 if not isinstance(exc, UPSTREAM_FAILURES):
                     raise
+                self.metrics.attempt(outcome_of_last := _failure(exc))
                 cooled |= self._upstream_failed(key, exc, failures)
                 continue
+            outcome_of_last = "client_left"  # unless the attempt ends otherwise
             try:
                 if upstream.status < 400:
+                    outcome_of_last = "ok"
                     return await self._relay(request, upstream, key, call, endpoint)
                 answer = await upstream.read(settings.max_answer_mb * MB)
                 outcome = classify(upstream.status, answer)
+                outcome_of_last = outcome.value
                 zero_balance_refused = outcome is Outcome.NO_BALANCE and key.tier == FREE
                 if outcome is Outcome.CLIENT or (zero_balance_refused and call.model not in settings.free_model_set):
                     # The request is wrong (or asks a zero-balance key for a paid model): no key would help.
                     self._log(call, upstream.status, key, error=describe(upstream.status, answer))
-                    return web.Response(
-                        status=upstream.status, body=scrub_bytes(answer), headers=self._reply_headers(upstream, request)
-                    )
+                    return self._relay_error(request, upstream, answer)
                 failures.append(describe(upstream.status, answer))
                 cooled |= self._penalise(key, call, outcome, upstream, answer, failures[-1])
                 if zero_balance_refused:
                     # Zero-balance keys refuse even free models now: spend the other attempts on keys with balance.
                     tiers = tuple(t for t in tiers if t != FREE)
             except AnswerTooLarge:  # whatever the upstream is doing, no key would fare better
+                outcome_of_last = "too_large"
                 mb = settings.max_answer_mb
                 message = f"The upstream's answer is over max_answer_mb ({mb} MB) (上游应答超过 {mb} MB)"
                 self._log(call, 502, key, error=message)
                 return openai_error(502, message, "upstream_error", "answer_too_large")
             except UPSTREAM_FAILURES as exc:  # the answer broke before a byte reached the client
+                outcome_of_last = _failure(exc)
                 cooled |= self._upstream_failed(key, exc, failures)
             except BadAnswer as exc:  # the upstream's fault, not the key's: another key may fare better
+                outcome_of_last = "bad_answer"
                 failures.append(str(exc))
                 pool.note_error(key, failures[-1])
             finally:
                 upstream.release()
                 pool.release(key)
+                self.metrics.attempt(outcome_of_last)
         call.key = None
         return self._no_key(call, tiers, failures, cooled)
 
@@ -633,6 +698,16 @@ class Proxy:
             headers.update(CORS)
         return headers
 
+    def _relay_error(self, request: web.BaseRequest, upstream: Answer, answer: bytes) -> web.Response:
+        """The upstream's error for the client, no key in it, in OpenAI's shape (an encoded body as it came)."""
+        body, headers = scrub_bytes(answer), self._reply_headers(upstream, request)
+        shaped = None if _header(upstream, "content-encoding") else openai_error_body(upstream.status, body)
+        if shaped is not None:
+            body = shaped
+            headers = {k: v for k, v in headers.items() if k.lower() != "content-type"}
+            headers["Content-Type"] = "application/json"
+        return web.Response(status=upstream.status, body=body, headers=headers)
+
     async def _relay(
         self, request: web.BaseRequest, upstream: Answer, key: Key, call: _Call, endpoint: Endpoint
     ) -> web.StreamResponse:
@@ -642,6 +717,8 @@ class Proxy:
         if content_type == "application/json":
             answer = await upstream.read(self.settings.max_answer_mb * MB)
             self._log(call, upstream.status, key, time.monotonic(), endpoint.usage(answer))
+            if endpoint.reshape is not None and upstream.status < 300 and not _header(upstream, "content-encoding"):
+                answer = endpoint.reshape(answer)
             return web.Response(status=upstream.status, body=answer, headers=self._reply_headers(upstream, request))
         if endpoint.json_body and content_type != "text/event-stream":
             shown = clean(content_type, 100)
@@ -656,11 +733,14 @@ class Proxy:
         A chunk read after the upstream has already ended goes out with the end of the answer,
         in one write: nothing is held back, one system call is saved."""
         sse = StreamUsage() if is_sse else None
+        trim = FinalUsageOnly() if is_sse and self.settings.stream_usage == "final_only" else None
         chunk = await upstream.readany()  # a failure here may still move on to another key
         response = web.StreamResponse(status=upstream.status, headers=self._reply_headers(upstream, request))
         if sse is not None:
             response.headers.update(SSE_HEADERS)
-        call.stream = True
+            if "charset" not in (upstream.content_type or "").lower():  # `requests` would read it as ISO-8859-1
+                response.headers["Content-Type"] = SSE_UTF8
+            call.stream = True  # what the client asked for aside (audio comes in chunks too)
         status, error, first_byte = upstream.status, None, None
         event_limit = self.settings.max_answer_mb * MB  # clients hold an event whole: one never ends past this
         # From here on the answer is the client's: whatever breaks, no other key is tried.
@@ -672,14 +752,15 @@ class Proxy:
                     if sse.event_bytes > event_limit:
                         raise AnswerTooLarge(f"one event of the stream is over max_answer_mb ({event_limit // MB} MB)")
                 ended = upstream.at_eof()
+                out = chunk if trim is None else trim.feed(chunk, last=ended)
                 if ended:  # the upstream is done: this chunk and the end of the answer go out together
-                    await response.write_eof(chunk)
-                else:
-                    await response.write(chunk)
-                if first_byte is None:
+                    await response.write_eof(out)
+                elif out:
+                    await response.write(out)
+                if first_byte is None and out:
                     first_byte = time.monotonic()
                 chunk = b"" if ended else await upstream.readany()
-            await response.write_eof()
+            await response.write_eof(b"" if trim is None else trim.feed(b"", last=True))
         except asyncio.CancelledError:
             status, error = 499, "client disconnected"
             raise
@@ -732,23 +813,23 @@ class Proxy:
         """Queue the call-log row; the writer thread stores it."""
         call.logged = True
         started = call.started
-        self.store.log_call(
-            CallRecord(
-                time.time(),
-                clean(call.path, MAX_LOGGED),
-                clean(call.model, MAX_LOGGED) if call.model is not None else None,
-                key.id if key is not None else None,
-                status,
-                len(call.tried),
-                round((time.monotonic() - started) * 1000),
-                round((first_byte - started) * 1000) if first_byte is not None else None,
-                usage.prompt_tokens,
-                usage.completion_tokens,
-                usage.total_tokens,
-                usage.images,
-                call.stream,
-                call.caller,
-                clean(error, MAX_ERROR) if error is not None else None,
-                ",".join(dict.fromkeys(r.kind for r in call.limited)) if call.limited else None,
-            )
+        record = CallRecord(
+            time.time(),
+            clean(call.path, MAX_LOGGED),
+            clean(call.model, MAX_LOGGED) if call.model is not None else None,
+            key.id if key is not None else None,
+            status,
+            len(call.tried),
+            round((time.monotonic() - started) * 1000),
+            round((first_byte - started) * 1000) if first_byte is not None else None,
+            usage.prompt_tokens,
+            usage.completion_tokens,
+            usage.total_tokens,
+            usage.images,
+            call.stream,
+            call.caller,
+            clean(error, MAX_ERROR) if error is not None else None,
+            ",".join(dict.fromkeys(r.kind for r in call.limited)) if call.limited else None,
         )
+        self.store.log_call(record)
+        self.metrics.observe(record)

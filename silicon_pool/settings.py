@@ -350,6 +350,14 @@ class Settings:
             "budgets of keys with balance",
         ),
     )
+    metrics_token = Token(
+        "",
+        Words("监控令牌（/metrics，留空则仅限本机）", "Metrics token (/metrics; empty: this machine only)"),
+        Words(
+            "Prometheus 以 Bearer 发送此令牌抓取 /metrics；留空时只有本机地址可以抓取",
+            "Prometheus sends it as Bearer to scrape /metrics; empty lets only this machine's addresses scrape",
+        ),
+    )
     free_models = ModelList(
         DEFAULT_FREE_MODELS,
         Words("免费模型（每行一个，优先用零余额 Key）", "Free models (one a line; zero-balance keys first)"),
@@ -415,6 +423,23 @@ class Settings:
         Words(
             "非流式应答、错误应答或单个流式事件超过此大小时返回 502，不怪罪 Key",
             "A JSON answer, an error answer or one stream event larger than this is answered 502, blaming no key",
+        ),
+    )
+    stream_usage = Choice(
+        "as_upstream",
+        {
+            "as_upstream": Words(
+                "与上游相同（每个分块都带累计用量）", "As the upstream sends it (running usage in every chunk)"
+            ),
+            "final_only": Words(
+                "只在结束的分块中（与 OpenAI 相同）", "In the finishing chunk only (as OpenAI sends it)"
+            ),
+        },
+        Words("流式应答中的用量", "Usage in streamed answers"),
+        Words(
+            "硅基流动在每个分块中重复累计用量，把各块用量相加的客户端（如 langchain）会多计；调用日志两种方式都准确",
+            "SiliconFlow repeats the running usage in every chunk, so clients that add chunks up (langchain) "
+            "overcount; the call log is right either way",
         ),
     )
     check_concurrency = Integer(

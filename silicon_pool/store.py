@@ -218,12 +218,12 @@ def _rest_from_row(row: tuple[Any, ...], now: float) -> Rest | None:
     return None
 
 
-def _json_rows(rows: list[tuple[Any, ...]], what: str) -> bytes:
-    """Rows as one JSON array for `json_each`. A row that cannot be written as JSON (text with
-    bytes that are not UTF-8, a number out of range) has its text cleaned or, failing that, is set
-    aside: one bad row never costs the others."""
+def _json_rows(rows: list[tuple[Any, ...]], what: str) -> tuple[bytes, int]:
+    """Rows as one JSON array for `json_each`, and how many were set aside. A row that cannot be
+    written as JSON (text with bytes that are not UTF-8, a number out of range) has its text
+    cleaned or, failing that, is set aside: one bad row never costs the others."""
     try:
-        return orjson.dumps(rows)
+        return orjson.dumps(rows), 0
     except TypeError:
         pass
     good, dropped = [], 0
@@ -237,7 +237,7 @@ def _json_rows(rows: list[tuple[Any, ...]], what: str) -> bytes:
             good.append(fixed)
     if dropped:
         log.error("%d %s(s) could not be written as JSON and were set aside", dropped, what)
-    return orjson.dumps(good)
+    return orjson.dumps(good), dropped
 
 
 def _insert_calls(conn: sqlite3.Connection, rows: bytes) -> None:
@@ -278,6 +278,7 @@ class Store:
         self._readers = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="sqlite-read")
         self._local = threading.local()
         self._reader_conns: list[sqlite3.Connection] = []
+        self.dropped_rows = 0  # call-log rows never stored (written by the writer thread only)
 
     # -- life cycle ---------------------------------------------------------------------------
 
@@ -530,21 +531,28 @@ class Store:
             self._flush(conn, keys, calls, rests)
         conn.close()
 
-    @staticmethod
-    def _flush(conn: sqlite3.Connection, keys: dict[int, Key], calls: list[CallRecord], rests: list[Rest]) -> None:
+    def queue_depth(self) -> int:
+        """Items (batches, jobs) waiting for the writer thread: a backlog that grows means a slow disk."""
+        return self._queue.qsize()
+
+    def _flush(
+        self, conn: sqlite3.Connection, keys: dict[int, Key], calls: list[CallRecord], rests: list[Rest]
+    ) -> None:
         """Commit the batch in one transaction; should that fail, each part in its own, so a
         change the admin was told is saved never waits on a call-log row (or a full disk's luck)."""
         if not keys and not calls and not rests:
             return
         parts: list[tuple[str, Callable[[], object]]] = []
+        dropped = 0
         if rests:
             rest_rows = [(r.owner[0], str(r.owner[1]), r.model, r.kind, r.until) for r in rests]
             parts.append(("rests", lambda: conn.executemany(_UPSERT_REST, rest_rows)))
         if keys:
-            key_rows = _json_rows([_key_row(k) for k in keys.values()], "key update")
+            key_rows, _ = _json_rows([_key_row(k) for k in keys.values()], "key update")
             parts.append(("key updates", lambda: conn.execute(_UPDATE_KEYS, (key_rows,))))
         if calls:
-            call_rows = _json_rows(list(map(tuple, calls)), "call-log row")
+            call_rows, dropped = _json_rows(list(map(tuple, calls)), "call-log row")
+            self.dropped_rows += dropped
             parts.append(("call-log rows", lambda: _insert_calls(conn, call_rows)))
         failed = _commit(conn, [run for _, run in parts])
         if failed is None:
@@ -554,6 +562,8 @@ class Store:
             failed = _commit(conn, [run])
             if failed is not None:
                 log.error("could not save the %s of this batch: %r", what, failed)
+                if what == "call-log rows":
+                    self.dropped_rows += len(calls) - dropped
 
     @staticmethod
     def _run_job(conn: sqlite3.Connection, job: _Job) -> None:

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from .hosts import HostCheck
     from .jobs import Jobs
     from .lifecycle import KeyLifecycle
+    from .metrics import Metrics
     from .models import ModelCatalog
     from .pool import KeyPool
     from .proxy import Proxy
@@ -41,3 +42,4 @@ ACCOUNT: web.AppKey[Account] = web.AppKey("account")
 THROTTLE: web.AppKey[LoginThrottle] = web.AppKey("throttle")
 REVOKED: web.AppKey[Revocations] = web.AppKey("revoked")
 HOSTS: web.AppKey[HostCheck] = web.AppKey("hosts")
+METRICS: web.AppKey[Metrics] = web.AppKey("metrics")

@@ -141,3 +141,88 @@ class StreamUsage:
 
     def result(self) -> Usage:
         return token_usage(self._tail)
+
+
+_USAGE_NAME = b'"usage"'
+_FINISH = b'"finish_reason"'
+
+
+def _object_end(data: bytes, start: int) -> int:
+    """Where the `{...}` at `start` ends (usage holds no strings, so braces alone tell), or -1."""
+    end = data.find(b"}", start)
+    inner = data.find(b"{", start + 1, end)
+    for _ in range(_DEPTH * 4):
+        if inner < 0 or end < 0:
+            return end + 1 if end >= 0 else -1
+        end = data.find(b"}", end + 1)
+        inner = data.find(b"{", inner + 1, end)
+    return -1
+
+
+def _goes_on(data: bytes, line: int, at: int, line_end: int) -> bool:
+    """Whether the chunk on `data[line:line_end]` says its choice goes on (`"finish_reason": null`).
+    SiliconFlow writes it just before usage, so the search goes back from `at` first."""
+    found = data.rfind(_FINISH, line, at)
+    if found < 0:
+        found = data.find(_FINISH, at, line_end)
+        if found < 0:
+            return False
+    value = data[found + 15 : found + 22].lstrip(b": \t")
+    return value.startswith(b"null")
+
+
+def _without_running_usage(data: bytes) -> bytes:
+    """Whole events, with the usage of each chunk whose choice goes on (`finish_reason` null) set to
+    null; a chunk that finishes, or holds usage alone, keeps it. JSON holds no raw line break, so a
+    chunk is one line, found around each `"usage"` from the end: nothing else is searched or copied."""
+    at = data.rfind(_USAGE_NAME)
+    tail, pieces = len(data), list[bytes]()
+    while at >= 0:
+        line = data.rfind(b"\n", 0, at) + 1
+        line_end = data.find(b"\n", at, tail)
+        line_end = tail if line_end < 0 else line_end
+        start = data.find(b"{", at + 7, at + 16)  # after the colon and any spaces
+        if (
+            start > 0
+            and data[at + 7 : start].strip() == b":"
+            and _goes_on(data, line, at, line_end)
+            and (end := _object_end(data, start)) > 0
+        ):
+            pieces += (data[end:tail], b'"usage":null')
+            tail = at
+        at = data.rfind(_USAGE_NAME, 0, line)
+    if not pieces:
+        return data
+    pieces.append(data[:tail])
+    pieces.reverse()
+    return b"".join(pieces)
+
+
+class FinalUsageOnly:
+    """Passes an SSE stream on with usage only where a choice finishes, as OpenAI sends it:
+    SiliconFlow repeats the running usage in every chunk, and clients that add chunks up
+    (langchain) count it many times over.
+
+    Bytes are held only until their event ends (no client can use part of an event); the relay
+    bounds how long one event may run."""
+
+    __slots__ = ("_held",)
+
+    def __init__(self) -> None:
+        self._held = b""
+
+    def feed(self, chunk: bytes, last: bool = False) -> bytes:
+        """What of the stream so far may go to the client now; `last` gives back all that is held."""
+        held = self._held
+        data = held + chunk if held else chunk
+        if last or data.endswith(b"\n\n"):  # the usual chunk: whole events
+            self._held = b""
+        else:  # what is held ends no event: only the new bytes (and 3 before them) can
+            since = max(len(held) - 3, 0)
+            lf, crlf = data.rfind(b"\n\n", since), data.rfind(b"\r\n\r\n", since)
+            end = max(lf + 2 if lf >= 0 else 0, crlf + 4 if crlf >= 0 else 0)
+            if not end:
+                self._held = data
+                return b""
+            data, self._held = data[:end], data[end:]
+        return _without_running_usage(data)

@@ -21,6 +21,8 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
+from email.parser import BytesParser
+from email.policy import HTTP
 from typing import Any
 
 import orjson
@@ -294,6 +296,7 @@ class FakeUpstream:
     retry_after: str | None = None  # sent as Retry-After on every 429 when set
     rate_limited_message: str = MSG_RATE_LIMITED  # what the per-key "rate_limited" behaviour answers
     refused: list[tuple[str, str, str]] = field(default_factory=list)  # (account, model, kind) per budget 429
+    sse_content_type: str = "text/event-stream; charset=utf-8"  # SiliconFlow's own names no charset
 
     def __post_init__(self) -> None:
         if not self.models:
@@ -451,6 +454,7 @@ class FakeUpstream:
         app.router.add_post("/v1/rerank", self._rerank)
         app.router.add_post("/v1/images/generations", self._images)
         app.router.add_post("/v1/audio/speech", self._speech)
+        app.router.add_post("/v1/audio/transcriptions", self._transcriptions)
         app.router.add_route("*", "/{tail:.*}", self._not_found)
         return app
 
@@ -558,7 +562,7 @@ class FakeUpstream:
         """Send chunks as SSE, recording when each was written, then `data: [DONE]`."""
         resp = web.StreamResponse(
             headers={
-                "Content-Type": "text/event-stream; charset=utf-8",
+                "Content-Type": self.sse_content_type,
                 "Cache-Control": "no-cache",
             }
         )
@@ -844,6 +848,22 @@ class FakeUpstream:
         model = body.get("model") if isinstance(body, dict) else None
         self._check_balance(state, model if isinstance(model, str) else None)
         return web.Response(body=SPEECH_BYTES, content_type="audio/mpeg")
+
+    async def _transcriptions(self, request: web.Request) -> web.StreamResponse:
+        """A multipart upload whose `model` field names the model, as SiliconFlow's speech-to-text takes it."""
+        state = await self._gate(request, "full")
+        head = f"Content-Type: {request.headers.get('Content-Type', '')}\r\n\r\n".encode()
+        message = BytesParser(policy=HTTP).parsebytes(head + await request.read())
+        form = {
+            part.get_param("name", header="content-disposition"): part.get_payload(decode=True)
+            for part in (message.iter_parts() if message.is_multipart() else ())
+        }
+        model = form.get("model")
+        if not isinstance(model, bytes) or "file" not in form:
+            raise _bad_param("Fields 'model' and 'file' are required.")
+        model = model.decode()
+        self._check_balance(state, model)
+        return _json(200, {"text": f"fake transcript by {model}"})
 
     async def _not_found(self, request: web.Request) -> web.StreamResponse:
         """Any other path: key and behaviour still apply, then a JSON 404."""

@@ -159,6 +159,7 @@ async def test_the_writer_sets_aside_only_the_row_it_cannot_write(tmp_path: Path
             hourly = conn.execute("SELECT SUM(calls) FROM usage_hourly").fetchone()[0]
         assert (enabled, last_error) == (0, "upstream said \ufffd")
         assert calls == [("fine", "m\ufffd"), ("bad \ufffd", "m\ufffd")] and hourly == 2
+        assert store.dropped_rows == 1  # what /metrics reports (test_metrics.py)
     finally:
         store.close()
 
@@ -341,9 +342,9 @@ async def test_dot_segments_are_refused(proxy: Running, fake: FakeUpstream, path
 
 async def test_dots_inside_a_segment_are_fine(proxy: Running, fake: FakeUpstream, http: aiohttp.ClientSession) -> None:
     await proxy.add_keys(*((s, 5.0) for s in paid_keys(fake, 1)))
-    async with http.get(f"{proxy.base}/v1/models/Qwen/Qwen2.5-7B-Instruct") as resp:
+    async with http.get(f"{proxy.base}/v1/files/Qwen/Qwen2.5-7B-Instruct.v1") as resp:
         await resp.read()
-    assert fake.requests and fake.requests[-1].path == "/v1/models/Qwen/Qwen2.5-7B-Instruct"
+    assert fake.requests and fake.requests[-1].path == "/v1/files/Qwen/Qwen2.5-7B-Instruct.v1"
 
 
 # -- 5, 17: answers too large or not HTTP blame no key ---------------------------------------------
