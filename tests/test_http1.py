@@ -10,10 +10,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import gc
 import gzip
 import random
 import ssl
 import time
+import tracemalloc
 import zlib
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -734,6 +736,34 @@ def test_an_answer_over_the_readers_limit_is_given_up(
         assert upstream.connections == connections
 
     run(first_then(script, answering(OK)), body)
+
+
+def test_an_answer_given_up_is_freed_without_the_garbage_collector(run) -> None:
+    """A stored error raised again must not tie the reader's frames (all it read) into a cycle
+    with the answer: a quiet proxy runs a full collection rarely, and each answer over the
+    limit would stay in memory until then."""
+    limit = 8 * 1024 * 1024
+
+    async def give_up(client: Http1Client, url: str) -> None:
+        answer = await send(client, url)
+        with contextlib.suppress(AnswerTooLarge):
+            await answer.read(limit)
+        with contextlib.suppress(AnswerTooLarge):
+            await answer.readany()
+        answer.release()
+
+    async def body(upstream: Upstream, client: Http1Client) -> None:
+        gc.disable()
+        tracemalloc.start()
+        try:
+            await give_up(client, upstream.url())
+            held = tracemalloc.get_traced_memory()[0]
+        finally:
+            tracemalloc.stop()
+            gc.enable()
+        assert held < limit // 4
+
+    run(endless_json, body)
 
 
 # -- TLS ---------------------------------------------------------------------------------------------
