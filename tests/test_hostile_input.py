@@ -182,6 +182,28 @@ async def test_relayed_answers_are_contained(proxy: Running, fake: FakeUpstream,
         assert {k: resp.headers.get(k) for k in CONTAINED} == CONTAINED
 
 
+async def test_the_upstreams_own_policy_headers_never_reach_the_client(
+    start_proxy: StartProxy, fake: FakeUpstream, http: aiohttp.ClientSession
+) -> None:
+    """Named in another case, the upstream's copies sat beside the proxy's: `x-content-type-options:
+    foo` before `nosniff` turns sniffing back on, a second Allow-Origin breaks CORS for loopback pages."""
+    policy = (
+        b"Content-Type: text/html\r\ncontent-security-policy: script-src *\r\nx-content-type-options: foo\r\n"
+        b"access-control-allow-origin: https://evil.example\r\naccess-control-allow-credentials: true\r\n"
+    )
+    proxy, server = await start_scripted(start_proxy, lambda head: answer("200 OK", policy, b"<script>1</script>"))
+    try:
+        await proxy.add_keys(*((s, 5.0) for s in paid_keys(fake, 1)))
+        async with http.get(f"{proxy.base}/v1/files", headers={"Origin": "http://localhost:3000"}) as resp:
+            assert resp.status == 200 and await resp.read() == b"<script>1</script>"
+            assert resp.headers.getall("Content-Security-Policy") == [CONTAINED["content-security-policy"]]
+            assert resp.headers.getall("X-Content-Type-Options") == ["nosniff"]
+            assert resp.headers.getall("Access-Control-Allow-Origin") == ["*"]
+            assert "Access-Control-Allow-Credentials" not in resp.headers
+    finally:
+        server.close()
+
+
 # -- 3: web pages of other sites cannot spend the pool ---------------------------------------------
 
 
