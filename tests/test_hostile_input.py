@@ -348,7 +348,21 @@ async def test_keys_echoed_by_the_upstream_are_masked(start_proxy: StartProxy, f
 
 
 @pytest.mark.parametrize(
-    "path", ["/v1/../../x", "/v1/./models", "/v1/%2e%2e/x", "/v1/models/%2E", "/v1/models/..%2f..%2fx", "/v1/a/..%5cb"]
+    "path",
+    [
+        "/v1/../../x",
+        "/v1/./models",
+        "/v1/%2e%2e/x",
+        "/v1/models/%2E",
+        "/v1/models/..%2f..%2fx",
+        "/v1/a/..%5cb",
+        # what some servers still read as `..`: decoded twice, a path parameter, a C string's end
+        "/v1/%252e%252e/x",
+        "/v1/models/%25252E%25252E%25252Fx",
+        "/v1/..;/x",
+        "/v1/models/%2e%2e%3bjsessionid=1/x",
+        "/v1/..%00/x",
+    ],
 )
 async def test_dot_segments_are_refused(proxy: Running, fake: FakeUpstream, path: str) -> None:
     await proxy.add_keys(*((s, 5.0) for s in paid_keys(fake, 1)))
@@ -366,6 +380,9 @@ async def test_dots_inside_a_segment_are_fine(proxy: Running, fake: FakeUpstream
     async with http.get(f"{proxy.base}/v1/models/Qwen/Qwen2.5-7B-Instruct") as resp:
         await resp.read()
     assert fake.requests and fake.requests[-1].path == "/v1/models/Qwen/Qwen2.5-7B-Instruct"
+    async with http.get(f"{proxy.base}/v1/files/a..b%3B.c;d") as resp:
+        await resp.read()
+    assert fake.requests[-1].path.startswith("/v1/files/a..b")
 
 
 # -- 5, 17: answers too large or not HTTP blame no key ---------------------------------------------
