@@ -136,11 +136,17 @@ class Answer:
 
         Bytes that arrived before a failure are handed over before the failure is raised. gzip
         is undone as the bytes arrive until HIGH_WATER bytes wait to be read; the rest of what
-        has arrived, only as the reader asks for it, HIGH_WATER bytes at a time."""
+        has arrived, only as the reader asks for it, HIGH_WATER bytes at a time, each step after
+        a turn for the rest of the loop (a fast reader never waits otherwise)."""
+        turn_given = False
         while not self._chunks:
             if self._error is not None:
                 raise _again(self._error)
             if self._gunzip is not None and self._gunzip.pending():
+                if not turn_given:
+                    turn_given = True
+                    await asyncio.sleep(0)
+                    continue  # the answer may have failed or been given up meanwhile
                 try:
                     self._inflate(HIGH_WATER)
                 except ProtocolError as exc:
