@@ -128,7 +128,7 @@ class Answer:
         self._chunks: list[bytes] = []
         self._size = 0  # bytes in _chunks
         self._ended = False  # all of the body has arrived (gzip may still be undone from it)
-        self._error: BaseException | None = None
+        self._error: UpstreamError | None = None
         self._waiter: asyncio.Future[None] | None = None
 
     async def readany(self) -> bytes:
@@ -136,11 +136,17 @@ class Answer:
 
         Bytes that arrived before a failure are handed over before the failure is raised. gzip
         is undone as the bytes arrive until HIGH_WATER bytes wait to be read; the rest of what
-        has arrived, only as the reader asks for it, HIGH_WATER bytes at a time."""
+        has arrived, only as the reader asks for it, HIGH_WATER bytes at a time, each step after
+        a turn for the rest of the loop (a fast reader never waits otherwise)."""
+        turn_given = False
         while not self._chunks:
             if self._error is not None:
-                raise self._error
+                raise _again(self._error)
             if self._gunzip is not None and self._gunzip.pending():
+                if not turn_given:
+                    turn_given = True
+                    await asyncio.sleep(0)
+                    continue  # the answer may have failed or been given up meanwhile
                 try:
                     self._inflate(HIGH_WATER)
                 except ProtocolError as exc:
@@ -177,7 +183,7 @@ class Answer:
                 self._break(error)
                 self._chunks.clear()
                 self._gunzip = None
-                raise error
+                raise _again(error)
             parts.append(part)
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
@@ -236,7 +242,7 @@ class Answer:
             try:
                 self._inflate(HIGH_WATER - self._size)
             except ProtocolError as exc:
-                self._error = exc
+                self._fail(exc)
         self._wake()
 
     def _break(self, error: UpstreamError) -> None:
@@ -246,8 +252,8 @@ class Answer:
         else:
             self._fail(error)
 
-    def _fail(self, error: BaseException) -> None:
-        self._error = error
+    def _fail(self, error: UpstreamError) -> None:
+        self._error = error.with_traceback(None)  # its frames hold this answer: a cycle
         self._conn = None
         self._wake()
 
@@ -574,6 +580,13 @@ class _Connection(asyncio.Protocol):
             self.client._park(self)
         else:
             self.close()
+
+
+def _again(error: UpstreamError) -> UpstreamError:
+    """A copy of a stored error, to raise: raising the stored one would put the reader's frames
+    (and all the body they read) in a cycle with the answer that holds it, freed only by the
+    garbage collector's rare full passes."""
+    return type(error)(*error.args)
 
 
 def _gzip_layers(values: list[str]) -> int:

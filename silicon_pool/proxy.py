@@ -99,6 +99,9 @@ _HEADER_LIST = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+([ \t]*,[ \t]*[!#$%&'*+.^
 ONLY_PAID, FREE_FIRST = (PAID,), (FREE, PAID)
 # The free token's keys, by `free_token_keys`: zero-balance ones first, then (by choice) others.
 FREE_TOKEN_TIERS = {"zero_only": (FREE,), "zero_then_unknown": (FREE, UNKNOWN), "any": (FREE, PAID)}
+_SEGMENT_SEPARATORS = re.compile(r"[/\\]")  # a backslash too: some servers read it as a slash
+_SEGMENT_END = re.compile("[;\x00]")  # what ends a segment's name for some servers: a parameter, a NUL
+MAX_DECODES = 4  # percent-decodings a path is checked through for dot segments
 MB = 1024 * 1024
 MAX_MODEL = 256  # characters of a model id: no real one comes near, and it is logged and rested on
 WAKE_MARGIN = 0.005  # seconds past a rest's end before a waiter looks again
@@ -171,13 +174,20 @@ class _Call:
 
 
 def _has_dot_segment(raw_path: str) -> bool:
-    """A `.` or `..` segment, written plainly or percent-encoded (`%2e`, `..%2f`): the upstream
-    or anything between might resolve it to another path, with a pool key attached."""
-    for segment in raw_path.split("/"):
-        for part in urllib.parse.unquote(segment, errors="replace").replace("\\", "/").split("/"):
-            if part in (".", ".."):
+    """A `.` or `..` segment, written plainly or percent-encoded (`%2e`, `..%2f`), or in a form some
+    server behind the upstream may still resolve: encoded twice or more (`%252e`), with a path
+    parameter (`..;x`) or cut by a NUL (`..%00`). The path might then reach another route, with a
+    pool key attached."""
+    path = raw_path
+    for _ in range(MAX_DECODES):
+        for segment in _SEGMENT_SEPARATORS.split(path):
+            if _SEGMENT_END.split(segment, 1)[0] in (".", ".."):
                 return True
-    return False
+        decoded = urllib.parse.unquote(path, errors="replace")
+        if decoded == path:
+            return False
+        path = decoded
+    return True  # still more encoded than any real path: refused as well
 
 
 def _failure(exc: BaseException) -> str:

@@ -31,7 +31,21 @@ HOP_BY_HOP = frozenset(
 # The body is already read, so a client's `Expect: 100-continue` is answered by the proxy, not passed on.
 DROP_FROM_CLIENT = HOP_BY_HOP | {"host", "authorization", "content-length", "accept-encoding", "cookie", "expect"}
 # An answer in an encoding the proxy did not ask for is relayed as it is, with its Content-Encoding.
-DROP_FROM_UPSTREAM = HOP_BY_HOP | {"content-length", "set-cookie", "server", "date"}
+# Who may read an answer, and how a browser treats it, is the proxy's to say (proxy.CONTAINED,
+# proxy.CORS), whatever case the upstream writes them in.
+DROP_FROM_UPSTREAM = HOP_BY_HOP | {
+    "content-length",
+    "set-cookie",
+    "server",
+    "date",
+    "content-security-policy",
+    "x-content-type-options",
+    "access-control-allow-origin",
+    "access-control-allow-credentials",
+    "access-control-allow-methods",
+    "access-control-allow-headers",
+    "access-control-max-age",
+}
 
 
 def make_session() -> aiohttp.ClientSession:

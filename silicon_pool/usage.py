@@ -102,6 +102,15 @@ def image_usage(body: bytes | bytearray) -> Usage:
     return Usage(images=len(images)) if isinstance(images, list) else NO_USAGE
 
 
+_EVENT_ENDS = (b"\n\n", b"\r\n\r\n", b"\r\r")  # a blank line after LF, CRLF or lone CR lines (as SSE clients split)
+
+
+def _end_after(data: bytearray, mark: bytes, start: int) -> int:
+    """Where the last `mark` at or after `start` ends, -1 if there is none."""
+    found = data.rfind(mark, start)
+    return found + len(mark) if found >= 0 else -1
+
+
 class StreamUsage:
     """Watches a passing SSE stream; `result()` reads the last cumulative usage it carried.
 
@@ -129,11 +138,11 @@ class StreamUsage:
         """Where the last event ended in what arrived, or in the 3 bytes before it (an end split across reads)."""
         tail = self._tail
         start = max(len(tail) - arrived - 3, 0)
-        lf, crlf = tail.rfind(b"\n\n", start), tail.rfind(b"\r\n\r\n", start)
-        if lf < 0 and crlf < 0:
+        end = max(_end_after(tail, mark, start) for mark in _EVENT_ENDS)
+        if end < 0:
             self.event_bytes += arrived
         else:
-            self.event_bytes = len(tail) - max(lf + 2 if lf >= 0 else 0, crlf + 4 if crlf >= 0 else 0)
+            self.event_bytes = len(tail) - end
 
     def at_event_boundary(self) -> bool:
         """True when what passed so far ends a whole event (an error event may follow directly)."""

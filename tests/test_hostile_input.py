@@ -183,6 +183,28 @@ async def test_relayed_answers_are_contained(proxy: Running, fake: FakeUpstream,
         assert {k: resp.headers.get(k) for k in CONTAINED} == CONTAINED
 
 
+async def test_the_upstreams_own_policy_headers_never_reach_the_client(
+    start_proxy: StartProxy, fake: FakeUpstream, http: aiohttp.ClientSession
+) -> None:
+    """Named in another case, the upstream's copies sat beside the proxy's: `x-content-type-options:
+    foo` before `nosniff` turns sniffing back on, a second Allow-Origin breaks CORS for loopback pages."""
+    policy = (
+        b"Content-Type: text/html\r\ncontent-security-policy: script-src *\r\nx-content-type-options: foo\r\n"
+        b"access-control-allow-origin: https://evil.example\r\naccess-control-allow-credentials: true\r\n"
+    )
+    proxy, server = await start_scripted(start_proxy, lambda head: answer("200 OK", policy, b"<script>1</script>"))
+    try:
+        await proxy.add_keys(*((s, 5.0) for s in paid_keys(fake, 1)))
+        async with http.get(f"{proxy.base}/v1/files", headers={"Origin": "http://localhost:3000"}) as resp:
+            assert resp.status == 200 and await resp.read() == b"<script>1</script>"
+            assert resp.headers.getall("Content-Security-Policy") == [CONTAINED["content-security-policy"]]
+            assert resp.headers.getall("X-Content-Type-Options") == ["nosniff"]
+            assert resp.headers.getall("Access-Control-Allow-Origin") == ["*"]
+            assert "Access-Control-Allow-Credentials" not in resp.headers
+    finally:
+        server.close()
+
+
 # -- 3: web pages of other sites cannot spend the pool ---------------------------------------------
 
 
@@ -327,7 +349,21 @@ async def test_keys_echoed_by_the_upstream_are_masked(start_proxy: StartProxy, f
 
 
 @pytest.mark.parametrize(
-    "path", ["/v1/../../x", "/v1/./models", "/v1/%2e%2e/x", "/v1/models/%2E", "/v1/models/..%2f..%2fx", "/v1/a/..%5cb"]
+    "path",
+    [
+        "/v1/../../x",
+        "/v1/./models",
+        "/v1/%2e%2e/x",
+        "/v1/models/%2E",
+        "/v1/models/..%2f..%2fx",
+        "/v1/a/..%5cb",
+        # what some servers still read as `..`: decoded twice, a path parameter, a C string's end
+        "/v1/%252e%252e/x",
+        "/v1/models/%25252E%25252E%25252Fx",
+        "/v1/..;/x",
+        "/v1/models/%2e%2e%3bjsessionid=1/x",
+        "/v1/..%00/x",
+    ],
 )
 async def test_dot_segments_are_refused(proxy: Running, fake: FakeUpstream, path: str) -> None:
     await proxy.add_keys(*((s, 5.0) for s in paid_keys(fake, 1)))
@@ -345,6 +381,9 @@ async def test_dots_inside_a_segment_are_fine(proxy: Running, fake: FakeUpstream
     async with http.get(f"{proxy.base}/v1/files/Qwen/Qwen2.5-7B-Instruct.v1") as resp:
         await resp.read()
     assert fake.requests and fake.requests[-1].path == "/v1/files/Qwen/Qwen2.5-7B-Instruct.v1"
+    async with http.get(f"{proxy.base}/v1/files/a..b%3B.c;d") as resp:
+        await resp.read()
+    assert fake.requests[-1].path.startswith("/v1/files/a..b")
 
 
 # -- 5, 17: answers too large or not HTTP blame no key ---------------------------------------------

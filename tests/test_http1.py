@@ -10,10 +10,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import gc
 import gzip
 import random
 import ssl
 import time
+import tracemalloc
 import zlib
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -673,6 +675,35 @@ def test_a_gzip_bomb_is_undone_a_step_at_a_time_as_it_is_read(run) -> None:
     run(answering(gzip_answer(bomb)), body)
 
 
+def test_a_fast_reader_of_a_gzip_bomb_lets_others_run_between_steps(run) -> None:
+    """A relay whose client reads as fast as it can never waits on the upstream once the gzip
+    body is in: each step must still give the loop a turn, or a bomb relayed as a binary stream
+    (1 GiB from 1 MiB) holds every other request for seconds."""
+    steps = 32
+    bomb = gzip.compress(bytes(steps * HIGH_WATER), 9)
+
+    async def body(upstream: Upstream, client: Http1Client) -> None:
+        answer = await send(client, upstream.url())
+        await asyncio.sleep(0.2)  # it has all arrived: nothing more to wait for
+        turns = 0
+
+        async def other() -> None:
+            nonlocal turns
+            while True:
+                turns += 1
+                await asyncio.sleep(0)
+
+        task = asyncio.create_task(other())
+        await asyncio.sleep(0)
+        turns = 0
+        while await answer.readany():
+            pass
+        task.cancel()
+        assert turns >= steps - 1
+
+    run(answering(gzip_answer(bomb)), body)
+
+
 def test_an_endless_gzip_stream_read_slowly_holds_a_bounded_amount(run) -> None:
     """A relay reading slower than a well-compressed stream arrives: the upstream is paused
     with at most HIGH_WATER bytes inflated and the raw bytes of a few packets held."""
@@ -734,6 +765,34 @@ def test_an_answer_over_the_readers_limit_is_given_up(
         assert upstream.connections == connections
 
     run(first_then(script, answering(OK)), body)
+
+
+def test_an_answer_given_up_is_freed_without_the_garbage_collector(run) -> None:
+    """A stored error raised again must not tie the reader's frames (all it read) into a cycle
+    with the answer: a quiet proxy runs a full collection rarely, and each answer over the
+    limit would stay in memory until then."""
+    limit = 8 * 1024 * 1024
+
+    async def give_up(client: Http1Client, url: str) -> None:
+        answer = await send(client, url)
+        with contextlib.suppress(AnswerTooLarge):
+            await answer.read(limit)
+        with contextlib.suppress(AnswerTooLarge):
+            await answer.readany()
+        answer.release()
+
+    async def body(upstream: Upstream, client: Http1Client) -> None:
+        gc.disable()
+        tracemalloc.start()
+        try:
+            await give_up(client, upstream.url())
+            held = tracemalloc.get_traced_memory()[0]
+        finally:
+            tracemalloc.stop()
+            gc.enable()
+        assert held < limit // 4
+
+    run(endless_json, body)
 
 
 # -- TLS ---------------------------------------------------------------------------------------------

@@ -81,6 +81,20 @@ def test_an_event_end_split_across_chunks_is_seen() -> None:
         assert stream.at_event_boundary() == (open_bytes == 0)
 
 
+def test_an_event_ended_by_blank_lines_of_lone_cr_is_seen() -> None:
+    """SSE lines may end in a lone CR (and clients such as the openai SDK split events on CR CR):
+    missed, a stream of small events is taken for one endless event and cut at max_answer_mb."""
+    stream = StreamUsage()
+    for chunk, open_bytes in [
+        (b"data: {}\r\r", 0),
+        (b"data: {}\r", 9),
+        (b"\rdata: x\r", 8),
+        (b"\r", 0),
+    ]:
+        stream.feed(chunk)
+        assert stream.event_bytes == open_bytes, chunk
+
+
 def test_an_endless_event_is_watched_in_bounded_memory_and_work() -> None:
     """4 MiB of one event built so that reading usage by counting braces took seconds on the part kept."""
     stream = StreamUsage()
