@@ -174,3 +174,12 @@ def test_unknown_balances_form_their_own_index_that_follows_the_balance() -> Non
             pool.rest(key, FREE_CHAT, "RPM", time.time() + 60, whole_account=False)
     assert pool.acquire((UNKNOWN,), FREE_CHAT).id == keys[3].id  # type: ignore[union-attr]
     assert pool.acquire((UNKNOWN,), CHAT) is not None
+
+
+def test_a_key_the_free_token_holds_counts_as_busy_for_paid_picks() -> None:
+    pool = KeyPool("least_inflight")
+    pool.add_many(Key(i, f"sk-{i:048d}", time.time(), None) for i in (1, 2))
+    held = pool.acquire((FREE, UNKNOWN), FREE_CHAT)  # the free token's fallback takes one of them
+    assert held is not None
+    paid = pool.acquire((PAID,), CHAT)
+    assert paid is not None and paid is not held  # the least busy key serves paid traffic
