@@ -438,7 +438,7 @@ class Proxy:
         failures: list[str] = []
         cooled = False
         deadline: float | None = None
-        while len(call.tried) < settings.max_attempts:
+        while len(call.tried) < settings.max_attempts and tiers:  # no tier left: nothing to wait for
             waits = settings.wait_for_key_seconds > 0
             # While others wait for this model, a newcomer queues behind them: first come, first served.
             key = None if waits and self._turns.queued((model, tiers)) else pool.acquire(tiers, model, call.tried)
@@ -450,6 +450,9 @@ class Proxy:
                 break
             call.tried += (key.id,)
             call.key = key
+            # Its tier as picked: `key.tier` is None while the key is at its cap, and a 30001 on its
+            # account (or a refresh) may move it before its own answer comes.
+            picked_zero = key.balance is not None and key.balance <= 0
             headers["Authorization"] = key.auth
             try:
                 upstream = await self.client.request(
@@ -471,7 +474,7 @@ class Proxy:
                     return await self._relay(request, upstream, key, call, endpoint)
                 answer = await upstream.read(settings.max_answer_mb * MB)
                 outcome = classify(upstream.status, answer)
-                zero_balance_refused = outcome is Outcome.NO_BALANCE and key.tier == FREE
+                zero_balance_refused = outcome is Outcome.NO_BALANCE and picked_zero
                 if outcome is Outcome.CLIENT or (zero_balance_refused and call.model not in settings.free_model_set):
                     # The request is wrong (or asks a zero-balance key for a paid model): no key would help.
                     self._log(call, upstream.status, key, error=describe(upstream.status, answer))
@@ -479,7 +482,7 @@ class Proxy:
                         status=upstream.status, body=scrub_bytes(answer), headers=self._reply_headers(upstream, request)
                     )
                 failures.append(describe(upstream.status, answer))
-                cooled |= self._penalise(key, call, outcome, upstream, answer, failures[-1])
+                cooled |= self._penalise(key, call, outcome, upstream, answer, failures[-1], picked_zero)
                 if zero_balance_refused:
                     # Zero-balance keys refuse even free models now: spend the other attempts on keys with balance.
                     tiers = tuple(t for t in tiers if t != FREE)
@@ -509,12 +512,14 @@ class Proxy:
         self.pool.cool(key, self.settings.cooldown_seconds, failures[-1])
         return True
 
-    def _penalise(self, key: Key, call: _Call, outcome: Outcome, upstream: Answer, answer: bytes, error: str) -> bool:
+    def _penalise(
+        self, key: Key, call: _Call, outcome: Outcome, upstream: Answer, answer: bytes, error: str, picked_zero: bool
+    ) -> bool:
         """Apply an upstream error to the key (or the account) that earned it; True when it now rests."""
         pool, model = self.pool, call.model or ""
         if outcome is Outcome.INVALID:
             pool.mark_invalid(key, error)
-        elif outcome is Outcome.NO_BALANCE and key.tier != FREE:
+        elif outcome is Outcome.NO_BALANCE and not picked_zero:
             pool.account_out_of_balance(key, error)
         elif outcome is Outcome.RETRY:
             pool.note_error(key, error)

@@ -183,3 +183,53 @@ def test_a_key_the_free_token_holds_counts_as_busy_for_paid_picks() -> None:
     assert held is not None
     paid = pool.acquire((PAID,), CHAT)
     assert paid is not None and paid is not held  # the least busy key serves paid traffic
+
+
+async def test_a_key_found_empty_during_its_request_still_fails_over(proxy: Running, fake: FakeUpstream) -> None:
+    """The key's 30001 arrives after another request on its account already emptied it: a paid
+    request still moves on to a key with balance, not back to the client."""
+    [dry] = paid_keys(fake, 1, balance="0", seed="dry")
+    [funded] = paid_keys(fake, 1, seed="funded")
+    keys = await proxy.add_keys((dry, None), (funded, None))
+    check = fake._check_balance
+
+    def emptied_meanwhile(state: object, model: str | None) -> None:
+        if fake.requests[-1].key == dry:  # as a sibling's 30001 would, while this request is upstream
+            proxy.pool.account_out_of_balance(keys[0], "HTTP 403 30001")
+        check(state, model)  # type: ignore[arg-type]
+
+    fake._check_balance = emptied_meanwhile  # type: ignore[method-assign]
+    answer = await proxy.openai().chat.completions.create(model=CHAT, messages=MESSAGES)
+    assert answer.choices[0].message.content
+    assert [r.key for r in fake.seen("/v1/chat/completions")] == [dry, funded]
+
+
+async def test_a_zero_balance_key_at_its_cap_that_refuses_a_free_model_rests(
+    proxy: Running, fake: FakeUpstream
+) -> None:
+    fake.zero_balance_free_ok = False  # the late-2026 behaviour
+    [zero] = paid_keys(fake, 1, balance="0", seed="zero")
+    [funded] = paid_keys(fake, 1, seed="funded")
+    zero_key, _ = await proxy.add_keys((zero, 0.0), (funded, 8.0))
+    await proxy.set(max_inflight_per_key=1)  # in flight, every key is out of its tier's index
+    client = proxy.openai()
+    for _ in range(2):
+        await client.chat.completions.create(model=FREE_CHAT, messages=MESSAGES)
+    assert [r.key for r in fake.seen("/v1/chat/completions")] == [zero, funded, funded]
+    assert zero_key.status() == "cooling"
+
+
+async def test_zero_only_does_not_wait_when_zero_balance_keys_refuse_free_models(
+    proxy: Running, fake: FakeUpstream
+) -> None:
+    fake.zero_balance_free_ok = False
+    [zero] = paid_keys(fake, 1, balance="0", seed="zero")
+    [funded] = paid_keys(fake, 1, seed="funded")
+    _, funded_key = await proxy.add_keys((zero, 0.0), (funded, 8.0))
+    await proxy.set(free_token="free-token", free_token_keys="zero_only", max_inflight_per_key=1)
+    await proxy.set(wait_for_key_seconds=60)  # longer than the client's timeout
+    assert proxy.pool.acquire((PAID,)) is funded_key  # busy at its cap: something may come back
+    with pytest.raises(openai.APIStatusError) as caught:  # no key the free token may take is left to wait for
+        await proxy.openai("free-token").chat.completions.create(model=FREE_CHAT, messages=MESSAGES)
+    assert caught.value.status_code == 503
+    assert [r.key for r in fake.seen("/v1/chat/completions")] == [zero]
