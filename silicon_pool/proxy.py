@@ -261,7 +261,7 @@ class Proxy:
                     body = await self._read_body(request)
                 self._inspect(request, call, endpoint, body)
                 if call.caller == "free":
-                    self._free_models_only(request, call)
+                    body = self._free_models_only(request, call, endpoint, body)
             except RequestRejected as exc:
                 self._log(call, exc.status, None, error=exc.message)
                 return openai_error(exc.status, exc.message, exc.type, exc.code)
@@ -295,22 +295,32 @@ class Proxy:
         if endpoint.json_body and request.method == "POST" and not _is_json(request):
             raise RequestRejected(415, "Content-Type must be application/json", "unsupported_media_type")
 
-    def _free_models_only(self, request: web.BaseRequest, call: _Call) -> None:
-        """The free token can never spend money, by rule: it is served for models in free_models
-        only (and the model list, which costs nothing); anything else is refused before a key is touched."""
-        if call.model in self.settings.free_model_set:
-            return
+    def _free_models_only(self, request: web.BaseRequest, call: _Call, endpoint: Endpoint, body: bytes) -> bytes:
+        """The free token can never spend money, by rule: it is served on the model endpoints for
+        models in free_models only (and the model list, which costs nothing); anything else is
+        refused before a key is touched. Elsewhere (a batch, say) `model` does not decide the cost.
+
+        The body goes on as parsed, so the upstream reads the model checked: one `model` (parsers
+        differ on which of two counts), and no `MODEL`, which Go's decoder takes for `model`."""
         if (
             call.model is None
             and request.method == "GET"
             and (call.path == "models" or call.path.startswith("models/"))
         ):
-            return
-        shown = call.model or f"/v1/{call.path[:100]}"
+            return body
+        free = call.model in self.settings.free_model_set
+        if endpoint.json_body and free:
+            payload = orjson.loads(body)
+            if any(name != "model" and name.casefold() == "model" for name in payload):
+                raise RequestRejected(
+                    400, "The body names its model twice (model, MODEL) (请求体重复给出 model)", "model_twice"
+                )
+            return orjson.dumps(payload)
+        shown = f"/v1/{call.path[:100]}" if free or call.model is None else call.model
         raise RequestRejected(
             403,
-            f"The free token is for free models only, and {shown} is not one of free_models "
-            f"(免费令牌只能用于免费模型，{shown} 不在免费模型列表中)",
+            f"The free token is for free models on the model endpoints only, and {shown} is not one of them "
+            f"(免费令牌只能通过模型接口使用免费模型，{shown} 不在其列)",
             "free_models_only",
             "permission_error",
         )

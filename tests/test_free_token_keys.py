@@ -233,3 +233,45 @@ async def test_zero_only_does_not_wait_when_zero_balance_keys_refuse_free_models
         await proxy.openai("free-token").chat.completions.create(model=FREE_CHAT, messages=MESSAGES)
     assert caught.value.status_code == 503
     assert [r.key for r in fake.seen("/v1/chat/completions")] == [zero]
+
+
+async def test_the_free_token_names_a_free_model_only_where_the_model_decides_the_cost(
+    proxy: Running, fake: FakeUpstream
+) -> None:
+    """A batch runs the models of its input file (or `replace.model`), whatever `model` says; the
+    files of the account behind a key are not the free token's to list either."""
+    [zero] = paid_keys(fake, 1, balance="0", seed="zero")
+    await proxy.add_keys((zero, 0.0))
+    await proxy.set(free_token="free-token")
+    headers = {"Authorization": "Bearer free-token", "Content-Type": "application/json"}
+    batch = {"model": FREE_CHAT, "input_file_id": "file-1", "endpoint": "/v1/chat/completions"}
+    async with aiohttp.ClientSession() as http:
+        for method, path, body in (
+            ("POST", "/v1/batches", {**batch, "completion_window": "24h", "replace": {"model": CHAT}}),
+            ("GET", "/v1/files", {"model": FREE_CHAT}),
+            ("POST", "/v1/chat/completions/", {"model": FREE_CHAT, "messages": MESSAGES}),
+        ):
+            async with http.request(method, proxy.base + path, json=body, headers=headers) as resp:
+                assert resp.status == 403, path
+                assert (await resp.json())["error"]["code"] == "free_models_only"
+    assert fake.requests == []
+
+
+async def test_the_free_token_forwards_the_model_it_checked_and_no_other(proxy: Running, fake: FakeUpstream) -> None:
+    """Parsers differ: some take the first of two `model` keys, Go's matches `MODEL` to `model`."""
+    [zero] = paid_keys(fake, 1, balance="0", seed="zero")
+    await proxy.add_keys((zero, 0.0))
+    await proxy.set(free_token="free-token")
+    headers = {"Authorization": "Bearer free-token", "Content-Type": "application/json"}
+    url = f"{proxy.base}/v1/chat/completions"
+    twice = b'{"model": "%s", "model": "%s", "messages": [{"role": "user", "content": "hi"}]}'
+    async with aiohttp.ClientSession() as http:
+        async with http.post(url, data=twice % (CHAT.encode(), FREE_CHAT.encode()), headers=headers) as resp:
+            assert resp.status == 200
+        [seen] = fake.seen("/v1/chat/completions")
+        assert seen.json == {"model": FREE_CHAT, "messages": MESSAGES} and seen.body.count(b"model") == 1
+        for other in ("MODEL", "Model", "mod\u0435l"):
+            body = {"model": FREE_CHAT, other: CHAT, "messages": MESSAGES}
+            async with http.post(url, json=body, headers=headers) as resp:
+                assert resp.status == (400 if other.isascii() else 200), other
+    assert len(fake.seen("/v1/chat/completions")) == 2  # the look-alike of another script is just another field
