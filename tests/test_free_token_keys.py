@@ -3,7 +3,9 @@ traffic, the admin's "topped up", and checks that do not hammer a retired endpoi
 
 from __future__ import annotations
 
+import asyncio
 import time
+from typing import Any
 
 import aiohttp
 import openai
@@ -275,3 +277,70 @@ async def test_the_free_token_forwards_the_model_it_checked_and_no_other(proxy: 
             async with http.post(url, json=body, headers=headers) as resp:
                 assert resp.status == (400 if other.isascii() else 200), other
     assert len(fake.seen("/v1/chat/completions")) == 2  # the look-alike of another script is just another field
+
+
+@pytest.mark.parametrize("first", ["ok", "reset"], ids=["answered", "network failure"])
+async def test_once_the_first_user_info_check_is_over_the_others_run_side_by_side(
+    fake: FakeUpstream, upstream_url: str, first: str
+) -> None:
+    """Checks queued behind the first ask (nobody knew yet whether the endpoint is retired) go on
+    together once it is over, not one at a time behind the lock: a dead upstream costs one wait."""
+    fake.user_info_delay = 0.02
+    secrets = paid_keys(fake, 20)
+    fake.set_behavior(secrets[0], first)
+    async with aiohttp.ClientSession() as session:
+        checker = BalanceChecker(session, Settings({"upstream": upstream_url}))
+        get, busy, busiest = checker._get, [0], [0]
+
+        async def counted(path: str, secret: str) -> tuple[int, bytes]:
+            busy[0] += 1
+            busiest[0] = max(busiest[0], busy[0])
+            try:
+                return await get(path, secret)
+            finally:
+                busy[0] -= 1
+
+        checker._get = counted  # type: ignore[method-assign]
+        checks = await asyncio.gather(*(checker.check(s) for s in secrets))
+    assert all(c.verdict is Verdict.VALID and c.balance == 10.0 for c in checks[1:])
+    assert busiest[0] > 2  # one at a time behind the lock, at most the first's retry beside one other
+
+
+async def test_what_a_check_learns_is_kept_for_the_upstream_it_asked(
+    fake: FakeUpstream, upstream_url: str, aiohttp_server: Any
+) -> None:
+    """The upstream setting changes while checks queue behind the first ask (a China upstream
+    swapped for an international one): each answer counts for the upstream that gave it."""
+    fake.user_info_status, fake.user_info_delay = 410, 0.05
+    other = FakeUpstream()
+    other_url = str((await aiohttp_server(other.app)).make_url("/v1"))
+    secrets = paid_keys(fake, 3)
+    for secret in secrets:
+        other.add_key(secret)
+    settings = Settings({"upstream": upstream_url})
+    async with aiohttp.ClientSession() as session:
+        checker = BalanceChecker(session, settings)
+        first = asyncio.ensure_future(checker.check(secrets[0]))
+        queued = asyncio.ensure_future(checker.check(secrets[1]))
+        await asyncio.sleep(0.01)  # the first asks the China upstream, the second waits its turn
+        settings.apply({"upstream": other_url})
+        assert [(await first).balance, (await queued).balance] == [None, 10.0]
+        settings.apply({"upstream": upstream_url})
+        assert checker.user_info_retired()
+        assert (await checker.check(secrets[2])).verdict is Verdict.VALID
+    assert len(fake.seen("/v1/user/info")) == 1  # still known to be retired: not asked again
+
+
+async def test_fifty_checks_at_once_ask_a_retired_user_info_once_even_if_the_first_is_cancelled(
+    fake: FakeUpstream, upstream_url: str
+) -> None:
+    fake.user_info_status, fake.user_info_delay = 410, 0.05
+    secrets = paid_keys(fake, 50)
+    async with aiohttp.ClientSession() as session:
+        checker = BalanceChecker(session, Settings({"upstream": upstream_url}))
+        tasks = [asyncio.ensure_future(checker.check(s)) for s in secrets]
+        await asyncio.sleep(0.01)
+        tasks[0].cancel()  # the one asking goes away: the next in line asks instead
+        checks = await asyncio.gather(*tasks[1:])
+    assert all(c.verdict is Verdict.VALID and c.balance is None for c in checks)
+    assert len(fake.seen("/v1/user/info")) == 2 and len(fake.seen("/v1/models")) == 49
