@@ -344,3 +344,16 @@ async def test_fifty_checks_at_once_ask_a_retired_user_info_once_even_if_the_fir
         checks = await asyncio.gather(*tasks[1:])
     assert all(c.verdict is Verdict.VALID and c.balance is None for c in checks)
     assert len(fake.seen("/v1/user/info")) == 2 and len(fake.seen("/v1/models")) == 49
+
+
+async def test_topped_up_funds_the_account_not_only_the_key_clicked(
+    proxy: Running, fake: FakeUpstream, admin: aiohttp.ClientSession
+) -> None:
+    """A 30001 empties every key of the account the pool knows; topping it up refills them alike."""
+    first, second, alone = await proxy.add_keys(*((s, 0.0) for s in paid_keys(fake, 3, balance="0")))
+    for key in (first, second):
+        proxy.pool.set_account(key, "account-1")
+    async with admin.post("/api/keys/bulk", json={"ids": [first.id, 10**12], "action": "funded"}) as resp:
+        assert (await resp.json()) == {"changed": 2}
+    assert (first.balance, second.balance, alone.balance) == (None, None, 0.0)
+    assert second.tier == PAID
