@@ -102,16 +102,17 @@ class BalanceChecker:
 
     async def _user_info(self, secret: str) -> tuple[int, bytes]:
         """`/user/info`'s answer, or the 410 it gave within RETIRED_SECONDS without asking again."""
-        upstream = self.settings.upstream
-        if upstream in self._answers:
-            return await self._learn(upstream, secret)
-        async with self._probe:  # nobody knows yet: one asks at a time until the first answer
-            if self.user_info_retired():
-                return 410, b""
-            return await self._learn(upstream, secret)
+        if self.settings.upstream not in self._answers:
+            async with self._probe:  # nobody knows yet: one asks at a time until the first answer
+                if self.user_info_retired():
+                    return 410, b""
+                if self.settings.upstream not in self._answers:  # else learnt while this one queued
+                    return await self._learn(secret)
+        return await self._learn(secret)
 
-    async def _learn(self, upstream: str, secret: str) -> tuple[int, bytes]:
+    async def _learn(self, secret: str) -> tuple[int, bytes]:
         """Ask `/user/info`, and remember whether it is retired (any other outcome: ask it freely)."""
+        upstream = self.settings.upstream  # the one `_get` asks, whatever the settings say meanwhile
         try:
             status, body = await self._get("/user/info", secret)
         except (aiohttp.ClientError, TimeoutError):  # not a 410 either: the others need not wait

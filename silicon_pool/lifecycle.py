@@ -166,14 +166,16 @@ class KeyLifecycle:
         return changed
 
     def mark_funded(self, ids: Iterable[int]) -> int:
-        """The user topped these keys' accounts up: zero-balance keys go back to the paid tier with
-        their balance unknown (a 30001 or a refresh learns it again)."""
-        changed = 0
+        """The user topped these keys' accounts up: their zero-balance keys (the account's others
+        too, where known: balance is the account's) go back to the paid tier with their balance
+        unknown (a 30001 or a refresh learns it again)."""
+        pool, changed = self.pool, 0
         for key_id in ids:
-            key = self.pool.keys.get(key_id)
-            if key is not None and key.balance is not None and key.balance <= 0:
-                self.pool.set_balance(key, None, key.state)
-                changed += 1
+            key = pool.keys.get(key_id)
+            for each in () if key is None else {key, *pool.by_account.get(key.account_id or "", ())}:
+                if each.balance is not None and each.balance <= 0:
+                    pool.set_balance(each, None, each.state)
+                    changed += 1
         return changed
 
     async def delete(self, ids: Iterable[int]) -> int:

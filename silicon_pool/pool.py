@@ -278,7 +278,7 @@ class KeyPool:
                 key.last_used_at = time.time()
                 if self.max_inflight and key.inflight >= self.max_inflight:
                     self._place(key)  # at its cap: out of every index until a request on it ends
-                elif index.tracks is not None:
+                elif self._indexes[PAID].tracks is not None:  # not `index`'s: UNKNOWN's ranks nothing
                     self._rescore(key)
                 self._on_change(key)
                 return key

@@ -303,7 +303,7 @@ class Proxy:
                     body = await self._read_body(request)
                 self._inspect(request, call, endpoint, body)
                 if call.caller == "free":
-                    self._free_models_only(request, call)
+                    body = self._free_models_only(request, call, endpoint, body)
             except RequestRejected as exc:
                 self._log(call, exc.status, None, error=exc.message)
                 return openai_error(exc.status, exc.message, exc.type, exc.code)
@@ -339,22 +339,32 @@ class Proxy:
         if endpoint.json_body and request.method == "POST" and not _is_json(request):
             raise RequestRejected(415, "Content-Type must be application/json", "unsupported_media_type")
 
-    def _free_models_only(self, request: web.BaseRequest, call: _Call) -> None:
-        """The free token can never spend money, by rule: it is served for models in free_models
-        only (and the model list, which costs nothing); anything else is refused before a key is touched."""
-        if call.model in self.settings.free_model_set:
-            return
+    def _free_models_only(self, request: web.BaseRequest, call: _Call, endpoint: Endpoint, body: bytes) -> bytes:
+        """The free token can never spend money, by rule: it is served on the model endpoints for
+        models in free_models only (and the model list, which costs nothing); anything else is
+        refused before a key is touched. Elsewhere (a batch, say) `model` does not decide the cost.
+
+        The body goes on as parsed, so the upstream reads the model checked: one `model` (parsers
+        differ on which of two counts), and no `MODEL`, which Go's decoder takes for `model`."""
         if (
             call.model is None
             and request.method == "GET"
             and (call.path == "models" or call.path.startswith("models/"))
         ):
-            return
-        shown = call.model or f"/v1/{call.path[:100]}"
+            return body
+        free = call.model in self.settings.free_model_set
+        if endpoint.json_body and free:
+            payload = orjson.loads(body)
+            if any(name != "model" and name.casefold() == "model" for name in payload):
+                raise RequestRejected(
+                    400, "The body names its model twice (model, MODEL) (请求体重复给出 model)", "model_twice"
+                )
+            return orjson.dumps(payload)
+        shown = f"/v1/{call.path[:100]}" if free or call.model is None else call.model
         raise RequestRejected(
             403,
-            f"The free token is for free models only, and {shown} is not one of free_models "
-            f"(免费令牌只能用于免费模型，{shown} 不在免费模型列表中)",
+            f"The free token is for free models on the model endpoints only, and {shown} is not one of them "
+            f"(免费令牌只能通过模型接口使用免费模型，{shown} 不在其列)",
             "free_models_only",
             "permission_error",
         )
@@ -505,7 +515,7 @@ class Proxy:
         cooled = False
         deadline: float | None = None
         outcome_of_last: str | None = None  # the last attempt's, for the metrics
-        while len(call.tried) < settings.max_attempts:
+        while len(call.tried) < settings.max_attempts and tiers:  # no tier left: nothing to wait for
             waits = settings.wait_for_key_seconds > 0
             # While others wait for this model, a newcomer queues behind them: first come, first served.
             key = None if waits and self._turns.queued((model, tiers)) else pool.acquire(tiers, model, call.tried)
@@ -519,6 +529,9 @@ class Proxy:
                 self.metrics.failover(outcome_of_last)
             call.tried += (key.id,)
             call.key = key
+            # Its tier as picked: `key.tier` is None while the key is at its cap, and a 30001 on its
+            # account (or a refresh) may move it before its own answer comes.
+            picked_zero = key.balance is not None and key.balance <= 0
             headers["Authorization"] = key.auth
             try:
                 upstream = await self.client.request(
@@ -544,13 +557,13 @@ class Proxy:
                 answer = await upstream.read(settings.max_answer_mb * MB)
                 outcome = classify(upstream.status, answer)
                 outcome_of_last = outcome.value
-                zero_balance_refused = outcome is Outcome.NO_BALANCE and key.tier == FREE
+                zero_balance_refused = outcome is Outcome.NO_BALANCE and picked_zero
                 if outcome is Outcome.CLIENT or (zero_balance_refused and call.model not in settings.free_model_set):
                     # The request is wrong (or asks a zero-balance key for a paid model): no key would help.
                     self._log(call, upstream.status, key, error=describe(upstream.status, answer))
                     return self._relay_error(request, upstream, answer)
                 failures.append(describe(upstream.status, answer))
-                cooled |= self._penalise(key, call, outcome, upstream, answer, failures[-1])
+                cooled |= self._penalise(key, call, outcome, upstream, answer, failures[-1], picked_zero)
                 if zero_balance_refused:
                     # Zero-balance keys refuse even free models now: spend the other attempts on keys with balance.
                     tiers = tuple(t for t in tiers if t != FREE)
@@ -584,12 +597,14 @@ class Proxy:
         self.pool.cool(key, self.settings.cooldown_seconds, failures[-1])
         return True
 
-    def _penalise(self, key: Key, call: _Call, outcome: Outcome, upstream: Answer, answer: bytes, error: str) -> bool:
+    def _penalise(
+        self, key: Key, call: _Call, outcome: Outcome, upstream: Answer, answer: bytes, error: str, picked_zero: bool
+    ) -> bool:
         """Apply an upstream error to the key (or the account) that earned it; True when it now rests."""
         pool, model = self.pool, call.model or ""
         if outcome is Outcome.INVALID:
             pool.mark_invalid(key, error)
-        elif outcome is Outcome.NO_BALANCE and key.tier != FREE:
+        elif outcome is Outcome.NO_BALANCE and not picked_zero:
             pool.account_out_of_balance(key, error)
         elif outcome is Outcome.RETRY:
             pool.note_error(key, error)

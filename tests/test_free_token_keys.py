@@ -3,7 +3,9 @@ traffic, the admin's "topped up", and checks that do not hammer a retired endpoi
 
 from __future__ import annotations
 
+import asyncio
 import time
+from typing import Any
 
 import aiohttp
 import openai
@@ -174,3 +176,184 @@ def test_unknown_balances_form_their_own_index_that_follows_the_balance() -> Non
             pool.rest(key, FREE_CHAT, "RPM", time.time() + 60, whole_account=False)
     assert pool.acquire((UNKNOWN,), FREE_CHAT).id == keys[3].id  # type: ignore[union-attr]
     assert pool.acquire((UNKNOWN,), CHAT) is not None
+
+
+def test_a_key_the_free_token_holds_counts_as_busy_for_paid_picks() -> None:
+    pool = KeyPool("least_inflight")
+    pool.add_many(Key(i, f"sk-{i:048d}", time.time(), None) for i in (1, 2))
+    held = pool.acquire((FREE, UNKNOWN), FREE_CHAT)  # the free token's fallback takes one of them
+    assert held is not None
+    paid = pool.acquire((PAID,), CHAT)
+    assert paid is not None and paid is not held  # the least busy key serves paid traffic
+
+
+async def test_a_key_found_empty_during_its_request_still_fails_over(proxy: Running, fake: FakeUpstream) -> None:
+    """The key's 30001 arrives after another request on its account already emptied it: a paid
+    request still moves on to a key with balance, not back to the client."""
+    [dry] = paid_keys(fake, 1, balance="0", seed="dry")
+    [funded] = paid_keys(fake, 1, seed="funded")
+    keys = await proxy.add_keys((dry, None), (funded, None))
+    check = fake._check_balance
+
+    def emptied_meanwhile(state: object, model: str | None) -> None:
+        if fake.requests[-1].key == dry:  # as a sibling's 30001 would, while this request is upstream
+            proxy.pool.account_out_of_balance(keys[0], "HTTP 403 30001")
+        check(state, model)  # type: ignore[arg-type]
+
+    fake._check_balance = emptied_meanwhile  # type: ignore[method-assign]
+    answer = await proxy.openai().chat.completions.create(model=CHAT, messages=MESSAGES)
+    assert answer.choices[0].message.content
+    assert [r.key for r in fake.seen("/v1/chat/completions")] == [dry, funded]
+
+
+async def test_a_zero_balance_key_at_its_cap_that_refuses_a_free_model_rests(
+    proxy: Running, fake: FakeUpstream
+) -> None:
+    fake.zero_balance_free_ok = False  # the late-2026 behaviour
+    [zero] = paid_keys(fake, 1, balance="0", seed="zero")
+    [funded] = paid_keys(fake, 1, seed="funded")
+    zero_key, _ = await proxy.add_keys((zero, 0.0), (funded, 8.0))
+    await proxy.set(max_inflight_per_key=1)  # in flight, every key is out of its tier's index
+    client = proxy.openai()
+    for _ in range(2):
+        await client.chat.completions.create(model=FREE_CHAT, messages=MESSAGES)
+    assert [r.key for r in fake.seen("/v1/chat/completions")] == [zero, funded, funded]
+    assert zero_key.status() == "cooling"
+
+
+async def test_zero_only_does_not_wait_when_zero_balance_keys_refuse_free_models(
+    proxy: Running, fake: FakeUpstream
+) -> None:
+    fake.zero_balance_free_ok = False
+    [zero] = paid_keys(fake, 1, balance="0", seed="zero")
+    [funded] = paid_keys(fake, 1, seed="funded")
+    _, funded_key = await proxy.add_keys((zero, 0.0), (funded, 8.0))
+    await proxy.set(free_token="free-token", free_token_keys="zero_only", max_inflight_per_key=1)
+    await proxy.set(wait_for_key_seconds=60)  # longer than the client's timeout
+    assert proxy.pool.acquire((PAID,)) is funded_key  # busy at its cap: something may come back
+    with pytest.raises(openai.APIStatusError) as caught:  # no key the free token may take is left to wait for
+        await proxy.openai("free-token").chat.completions.create(model=FREE_CHAT, messages=MESSAGES)
+    assert caught.value.status_code == 503
+    assert [r.key for r in fake.seen("/v1/chat/completions")] == [zero]
+
+
+async def test_the_free_token_names_a_free_model_only_where_the_model_decides_the_cost(
+    proxy: Running, fake: FakeUpstream
+) -> None:
+    """A batch runs the models of its input file (or `replace.model`), whatever `model` says; the
+    files of the account behind a key are not the free token's to list either."""
+    [zero] = paid_keys(fake, 1, balance="0", seed="zero")
+    await proxy.add_keys((zero, 0.0))
+    await proxy.set(free_token="free-token")
+    headers = {"Authorization": "Bearer free-token", "Content-Type": "application/json"}
+    batch = {"model": FREE_CHAT, "input_file_id": "file-1", "endpoint": "/v1/chat/completions"}
+    async with aiohttp.ClientSession() as http:
+        for method, path, body in (
+            ("POST", "/v1/batches", {**batch, "completion_window": "24h", "replace": {"model": CHAT}}),
+            ("GET", "/v1/files", {"model": FREE_CHAT}),
+            ("POST", "/v1/chat/completions/", {"model": FREE_CHAT, "messages": MESSAGES}),
+        ):
+            async with http.request(method, proxy.base + path, json=body, headers=headers) as resp:
+                assert resp.status == 403, path
+                assert (await resp.json())["error"]["code"] == "free_models_only"
+    assert fake.requests == []
+
+
+async def test_the_free_token_forwards_the_model_it_checked_and_no_other(proxy: Running, fake: FakeUpstream) -> None:
+    """Parsers differ: some take the first of two `model` keys, Go's matches `MODEL` to `model`."""
+    [zero] = paid_keys(fake, 1, balance="0", seed="zero")
+    await proxy.add_keys((zero, 0.0))
+    await proxy.set(free_token="free-token")
+    headers = {"Authorization": "Bearer free-token", "Content-Type": "application/json"}
+    url = f"{proxy.base}/v1/chat/completions"
+    twice = b'{"model": "%s", "model": "%s", "messages": [{"role": "user", "content": "hi"}]}'
+    async with aiohttp.ClientSession() as http:
+        async with http.post(url, data=twice % (CHAT.encode(), FREE_CHAT.encode()), headers=headers) as resp:
+            assert resp.status == 200
+        [seen] = fake.seen("/v1/chat/completions")
+        assert seen.json == {"model": FREE_CHAT, "messages": MESSAGES} and seen.body.count(b"model") == 1
+        for other in ("MODEL", "Model", "mod\u0435l"):
+            body = {"model": FREE_CHAT, other: CHAT, "messages": MESSAGES}
+            async with http.post(url, json=body, headers=headers) as resp:
+                assert resp.status == (400 if other.isascii() else 200), other
+    assert len(fake.seen("/v1/chat/completions")) == 2  # the look-alike of another script is just another field
+
+
+@pytest.mark.parametrize("first", ["ok", "reset"], ids=["answered", "network failure"])
+async def test_once_the_first_user_info_check_is_over_the_others_run_side_by_side(
+    fake: FakeUpstream, upstream_url: str, first: str
+) -> None:
+    """Checks queued behind the first ask (nobody knew yet whether the endpoint is retired) go on
+    together once it is over, not one at a time behind the lock: a dead upstream costs one wait."""
+    fake.user_info_delay = 0.02
+    secrets = paid_keys(fake, 20)
+    fake.set_behavior(secrets[0], first)
+    async with aiohttp.ClientSession() as session:
+        checker = BalanceChecker(session, Settings({"upstream": upstream_url}))
+        get, busy, busiest = checker._get, [0], [0]
+
+        async def counted(path: str, secret: str) -> tuple[int, bytes]:
+            busy[0] += 1
+            busiest[0] = max(busiest[0], busy[0])
+            try:
+                return await get(path, secret)
+            finally:
+                busy[0] -= 1
+
+        checker._get = counted  # type: ignore[method-assign]
+        checks = await asyncio.gather(*(checker.check(s) for s in secrets))
+    assert all(c.verdict is Verdict.VALID and c.balance == 10.0 for c in checks[1:])
+    assert busiest[0] > 2  # one at a time behind the lock, at most the first's retry beside one other
+
+
+async def test_what_a_check_learns_is_kept_for_the_upstream_it_asked(
+    fake: FakeUpstream, upstream_url: str, aiohttp_server: Any
+) -> None:
+    """The upstream setting changes while checks queue behind the first ask (a China upstream
+    swapped for an international one): each answer counts for the upstream that gave it."""
+    fake.user_info_status, fake.user_info_delay = 410, 0.05
+    other = FakeUpstream()
+    other_url = str((await aiohttp_server(other.app)).make_url("/v1"))
+    secrets = paid_keys(fake, 3)
+    for secret in secrets:
+        other.add_key(secret)
+    settings = Settings({"upstream": upstream_url})
+    async with aiohttp.ClientSession() as session:
+        checker = BalanceChecker(session, settings)
+        first = asyncio.ensure_future(checker.check(secrets[0]))
+        queued = asyncio.ensure_future(checker.check(secrets[1]))
+        await asyncio.sleep(0.01)  # the first asks the China upstream, the second waits its turn
+        settings.apply({"upstream": other_url})
+        assert [(await first).balance, (await queued).balance] == [None, 10.0]
+        settings.apply({"upstream": upstream_url})
+        assert checker.user_info_retired()
+        assert (await checker.check(secrets[2])).verdict is Verdict.VALID
+    assert len(fake.seen("/v1/user/info")) == 1  # still known to be retired: not asked again
+
+
+async def test_fifty_checks_at_once_ask_a_retired_user_info_once_even_if_the_first_is_cancelled(
+    fake: FakeUpstream, upstream_url: str
+) -> None:
+    fake.user_info_status, fake.user_info_delay = 410, 0.05
+    secrets = paid_keys(fake, 50)
+    async with aiohttp.ClientSession() as session:
+        checker = BalanceChecker(session, Settings({"upstream": upstream_url}))
+        tasks = [asyncio.ensure_future(checker.check(s)) for s in secrets]
+        await asyncio.sleep(0.01)
+        tasks[0].cancel()  # the one asking goes away: the next in line asks instead
+        checks = await asyncio.gather(*tasks[1:])
+    assert all(c.verdict is Verdict.VALID and c.balance is None for c in checks)
+    assert len(fake.seen("/v1/user/info")) == 2 and len(fake.seen("/v1/models")) == 49
+
+
+async def test_topped_up_funds_the_account_not_only_the_key_clicked(
+    proxy: Running, fake: FakeUpstream, admin: aiohttp.ClientSession
+) -> None:
+    """A 30001 empties every key of the account the pool knows; topping it up refills them alike."""
+    first, second, alone = await proxy.add_keys(*((s, 0.0) for s in paid_keys(fake, 3, balance="0")))
+    for key in (first, second):
+        proxy.pool.set_account(key, "account-1")
+    async with admin.post("/api/keys/bulk", json={"ids": [first.id, 10**12], "action": "funded"}) as resp:
+        assert (await resp.json()) == {"changed": 2}
+    assert (first.balance, second.balance, alone.balance) == (None, None, 0.0)
+    assert second.tier == PAID
