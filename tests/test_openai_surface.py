@@ -61,6 +61,14 @@ def test_an_error_already_in_openai_shape_and_an_empty_one() -> None:
     assert orjson.loads(openai_error_body(500, b"") or b"")["error"]["message"] == "HTTP 500 from the upstream"
 
 
+def test_a_key_the_upstream_wrote_with_json_escapes_is_masked_once_decoded() -> None:
+    key = "sk-" + "k" * 48
+    escaped = "".join(f"\\u{ord(c):04x}" for c in key).encode()
+    shaped = openai_error_body(400, b'{"code":"' + escaped + b'","message":"bad key ' + escaped + b'"}')
+    error, masked = orjson.loads(shaped or b"")["error"], f"{key[:7]}…{key[-4:]}"
+    assert (error["message"], error["code"]) == (f"bad key {masked}", masked)
+
+
 @pytest.mark.parametrize(
     ("behavior", "exception", "message", "type_", "code"),
     [
