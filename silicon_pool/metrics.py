@@ -32,6 +32,7 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 BUCKETS_MS = (25, 50, 100, 250, 500, 1000, 2500, 5000, 10_000, 30_000, 60_000, 120_000, 300_000)
 MAX_MODELS = 200
 OTHER, NONE = "other", "none"
+FORWARDED = ("Forwarded", "X-Forwarded-For", "X-Real-IP")  # what reverse proxies add
 KEY_STATES = ("active", "unchecked", "zero", "cooling", "invalid", "disabled")  # Key.status() words
 
 Labels = tuple[tuple[str, str], ...]
@@ -164,11 +165,13 @@ def _histogram(out: list[str], name: str, help_: str, histogram: Histogram) -> N
 
 
 def _may_scrape(request: web.Request, token: str) -> bool:
-    """With a metrics_token, whoever sends it; without one, this machine only."""
+    """With a metrics_token, whoever sends it; without one, this machine only (not through a proxy on it)."""
     if token:
         sent = request.headers.get("Authorization", "")
         given = sent[7:].strip() if sent[:7].lower() == "bearer " else ""
         return given.isascii() and hmac.compare_digest(given, token)
+    if any(name in request.headers for name in FORWARDED):  # a reverse proxy's client, however local the proxy
+        return False
     try:
         address = ipaddress.ip_address(request.remote or "")
     except ValueError:

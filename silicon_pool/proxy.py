@@ -725,13 +725,13 @@ class Proxy:
 
     def _relay_error(self, request: web.BaseRequest, upstream: Answer, answer: bytes) -> web.Response:
         """The upstream's error for the client, no key in it, in OpenAI's shape (an encoded body as it came)."""
-        body, headers = scrub_bytes(answer), self._reply_headers(upstream, request)
-        shaped = None if _header(upstream, "content-encoding") else openai_error_body(upstream.status, body)
-        if shaped is not None:
-            body = shaped
-            headers = {k: v for k, v in headers.items() if k.lower() != "content-type"}
-            headers["Content-Type"] = "application/json"
-        return web.Response(status=upstream.status, body=body, headers=headers)
+        headers = self._reply_headers(upstream, request)
+        shaped = None if _header(upstream, "content-encoding") else openai_error_body(upstream.status, answer)
+        if shaped is None:
+            return web.Response(status=upstream.status, body=scrub_bytes(answer), headers=headers)
+        headers = {k: v for k, v in headers.items() if k.lower() != "content-type"}
+        headers["Content-Type"] = "application/json"
+        return web.Response(status=upstream.status, body=shaped, headers=headers)
 
     async def _relay(
         self, request: web.BaseRequest, upstream: Answer, key: Key, call: _Call, endpoint: Endpoint

@@ -13,6 +13,7 @@ from typing import Any
 
 import orjson
 
+from .redact import scrub
 from .text import clean
 
 MAX_MESSAGE = 2000  # characters of an upstream's error message relayed
@@ -36,12 +37,14 @@ def _code(value: object) -> str | None:
     """SiliconFlow's numeric code as OpenAI's string code (`20012` → `"20012"`)."""
     if isinstance(value, bool) or not isinstance(value, int | str):
         return None
-    return clean(str(value), 64)
+    return scrub(clean(str(value), 64))
 
 
 def openai_error_body(status: int, body: bytes) -> bytes | None:
-    """`body` of a non-2xx answer re-wrapped as `{"error": {message, type, code}}`; None when it
-    already is one. Plain text (an older 429, a proxy's HTML page) becomes the message."""
+    """`body` of a non-2xx answer re-wrapped as `{"error": {message, type, code}}`, no key in it; None
+    when it already is one. Plain text (an older 429, a proxy's HTML page) becomes the message.
+    Keys are masked once the JSON is decoded: one written with escapes (`\u0073k-…`) hides from a
+    search of the bytes."""
     try:
         answer: Any = orjson.loads(body)
     except orjson.JSONDecodeError:
@@ -56,7 +59,7 @@ def openai_error_body(status: int, body: bytes) -> bytes | None:
         message, code = answer, None
     if not isinstance(message, str):
         message = body.decode("utf-8", "replace")
-    text = clean(message.strip(), MAX_MESSAGE) or f"HTTP {status} from the upstream"
+    text = scrub(clean(message.strip(), MAX_MESSAGE)) or f"HTTP {status} from the upstream"
     return orjson.dumps({"error": {"message": text, "type": error_type(status, code), "code": _code(code)}})
 
 

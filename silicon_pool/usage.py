@@ -183,12 +183,14 @@ def _goes_on(data: bytes, line: int, at: int, line_end: int) -> bool:
 def _without_running_usage(data: bytes) -> bytes:
     """Whole events, with the usage of each chunk whose choice goes on (`finish_reason` null) set to
     null; a chunk that finishes, or holds usage alone, keeps it. JSON holds no raw line break, so a
-    chunk is one line, found around each `"usage"` from the end: nothing else is searched or copied."""
+    chunk is one line, found around each `"usage"` from the end: nothing else is searched or copied.
+    Lines end at LF (or CRLF), or at lone CRs when the events do."""
     at = data.rfind(_USAGE_NAME)
     tail, pieces = len(data), list[bytes]()
+    brk = b"\r" if data.endswith(b"\r") else b"\n"
     while at >= 0:
-        line = data.rfind(b"\n", 0, at) + 1
-        line_end = data.find(b"\n", at, tail)
+        line = data.rfind(brk, 0, at) + 1
+        line_end = data.find(brk, at, tail)
         line_end = tail if line_end < 0 else line_end
         start = data.find(b"{", at + 7, at + 16)  # after the colon and any spaces
         if (
@@ -218,20 +220,25 @@ class FinalUsageOnly:
     __slots__ = ("_held",)
 
     def __init__(self) -> None:
-        self._held = b""
+        self._held: list[bytes] = []  # reads of an event not yet ended, joined once it ends (never once a read)
 
     def feed(self, chunk: bytes, last: bool = False) -> bytes:
         """What of the stream so far may go to the client now; `last` gives back all that is held."""
         held = self._held
-        data = held + chunk if held else chunk
-        if last or data.endswith(b"\n\n"):  # the usual chunk: whole events
-            self._held = b""
-        else:  # what is held ends no event: only the new bytes (and 3 before them) can
-            since = max(len(held) - 3, 0)
-            lf, crlf = data.rfind(b"\n\n", since), data.rfind(b"\r\n\r\n", since)
-            end = max(lf + 2 if lf >= 0 else 0, crlf + 4 if crlf >= 0 else 0)
-            if not end:
-                self._held = data
-                return b""
-            data, self._held = data[:end], data[end:]
+        if last or chunk.endswith(b"\n\n"):  # the usual chunk: whole events
+            if held:
+                held.append(chunk)
+                chunk = b"".join(held)
+                held.clear()
+            return _without_running_usage(chunk)
+        edge = held[-1][-3:] if held else b""  # what is held ends no event: only the new bytes (and 3 before) can
+        probe = edge + chunk if edge else chunk
+        lf, crlf, cr = probe.rfind(b"\n\n"), probe.rfind(b"\r\n\r\n"), probe.rfind(b"\r\r")  # as _EVENT_ENDS
+        end = max(lf + 2 if lf >= 0 else 0, crlf + 4 if crlf >= 0 else 0, cr + 2 if cr >= 0 else 0) - len(edge)
+        if end <= 0:
+            held.append(chunk)
+            return b""
+        held.append(chunk[:end])
+        data = b"".join(held)
+        held[:] = [chunk[end:]] if end < len(chunk) else []
         return _without_running_usage(data)

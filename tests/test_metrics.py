@@ -135,6 +135,9 @@ async def test_without_a_token_only_this_machine_may_scrape(proxy: Running, http
         assert not _may_scrape(make_mocked_request("GET", "/metrics").clone(remote=remote), ""), remote
     async with http.get(f"{proxy.base}/metrics", headers={"Host": "evil.example"}) as resp:
         assert resp.status == 403  # the admin's Host check applies, as to every page
+    for forwarded in ("X-Forwarded-For", "x-real-ip", "Forwarded"):  # a reverse proxy on this machine
+        async with http.get(f"{proxy.base}/metrics", headers={forwarded: "203.0.113.7"}) as resp:
+            assert resp.status == 403, forwarded
 
 
 async def test_with_a_token_a_scrape_must_send_it(proxy: Running, http: aiohttp.ClientSession) -> None:

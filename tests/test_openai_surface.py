@@ -61,6 +61,14 @@ def test_an_error_already_in_openai_shape_and_an_empty_one() -> None:
     assert orjson.loads(openai_error_body(500, b"") or b"")["error"]["message"] == "HTTP 500 from the upstream"
 
 
+def test_a_key_the_upstream_wrote_with_json_escapes_is_masked_once_decoded() -> None:
+    key = "sk-" + "k" * 48
+    escaped = "".join(f"\\u{ord(c):04x}" for c in key).encode()
+    shaped = openai_error_body(400, b'{"code":"' + escaped + b'","message":"bad key ' + escaped + b'"}')
+    error, masked = orjson.loads(shaped or b"")["error"], f"{key[:7]}…{key[-4:]}"
+    assert (error["message"], error["code"]) == (f"bad key {masked}", masked)
+
+
 @pytest.mark.parametrize(
     ("behavior", "exception", "message", "type_", "code"),
     [
@@ -279,7 +287,12 @@ async def test_an_upload_with_a_model_id_too_long_is_refused(
         ("multipart/form-data", None),
         ("application/json; boundary=abc", None),
         (None, None),
-        ("multipart/form-data; boundary=" + "x" * 71, b"x" * 70),
+        ("multipart/form-data; boundary=" + "x" * 70, b"x" * 70),
+        ("multipart/form-data; boundary=" + "x" * 71, None),  # not cut short: the upstream reads it whole
+        ('multipart/form-data; boundary="abc;def"', None),
+        ("multipart/form-data; boundary=abc; boundary=def", None),
+        ('multipart/form-data; x="; boundary=abc"; boundary=def', None),
+        ("multipart/form-data; boundary=abc def", None),
     ],
 )
 def test_the_boundary_of_a_form(content_type: str | None, expected: bytes | None) -> None:
@@ -293,3 +306,30 @@ def test_form_field_reads_parts_not_the_bytes_inside_them() -> None:
     assert form_field(body, b"b0und4ry", "prompt", 100) is None
     assert form_field(body, b"other", "model", 100) is None
     assert form_field(body[: body.rfind(b"the/model") + 3], b"b0und4ry", "model", 100) is None  # cut short
+
+
+def _part(disposition: bytes, value: bytes, cut: bytes = b"b0und4ry") -> bytes:
+    return b"--" + cut + b"\r\nContent-Disposition: form-data; " + disposition + b"\r\n\r\n" + value + b"\r\n"
+
+
+HIDDEN_PAID_MODEL = [  # the proxy must not read the free model where the upstream may read the paid one
+    _part(b'name="model"', b"Qwen/Qwen3-8B") + _part(b'name="pad"', b"x") * 70 + _part(b'name="model"', b"paid/m"),
+    _part(b'name="model"', b"Qwen/Qwen3-8B")
+    + _part(b'name="pad"\r\nX: ' + b"x" * 3000, b"x")
+    + _part(b'name="model"', b"paid/m"),
+    _part(b'name="model"', b"Qwen/Qwen3-8B") + _part(b"name=model", b"paid/m"),
+    _part(b'name="model"', b"Qwen/Qwen3-8B\r\n--b0und4ry-not-a-delimiter") + _part(b'name="file"', b"RIFF"),
+]
+
+
+@pytest.mark.parametrize("parts", HIDDEN_PAID_MODEL)
+async def test_the_free_token_gets_no_upload_whose_model_is_unclear(
+    proxy: Running, fake: FakeUpstream, http: aiohttp.ClientSession, parts: bytes
+) -> None:
+    await proxy.set(free_token="free-token", free_token_keys="any")
+    await proxy.add_keys(*((s, 10.0) for s in paid_keys(fake, 1)))
+    headers = {"Content-Type": "multipart/form-data; boundary=b0und4ry", "Authorization": "Bearer free-token"}
+    body = _part(b'name="file"; filename="a.wav"', b"RIFF") + parts + b"--b0und4ry--\r\n"
+    async with http.post(f"{proxy.base}/v1/audio/transcriptions", data=body, headers=headers) as resp:
+        assert resp.status == 403, await resp.text()
+    assert not fake.requests
