@@ -127,6 +127,8 @@ def _walk(tree: ast.AST) -> Iterator[tuple[ast.AST, ast.AST | None, str, int | N
     def visit(
         node: ast.AST, parent: ast.AST | None, field: str, idx: int | None, scope: str
     ) -> Iterator[tuple[ast.AST, ast.AST | None, str, int | None, str]]:
+        if _inert(node):
+            return
         yield node, parent, field, idx, scope
         inner = scope
         if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
@@ -142,6 +144,13 @@ def _walk(tree: ast.AST) -> Iterator[tuple[ast.AST, ast.AST | None, str, int | N
                 yield from visit(value, node, name, None, inner)
 
     yield from visit(tree, None, "", None, "<module>")
+
+
+def _inert(node: ast.AST) -> bool:
+    """Code that never runs: `if TYPE_CHECKING:` imports and the `...` bodies of protocol stubs."""
+    if isinstance(node, ast.If) and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING":
+        return True
+    return isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant) and node.value.value is Ellipsis
 
 
 def _is_docstring(node: ast.AST, parent: ast.AST | None, field: str, idx: int | None) -> bool:
