@@ -4,6 +4,7 @@
     python bench/mutation.py silicon_pool/pool.py --tests tests/test_pool.py tests/test_rests.py
     python bench/mutation.py silicon_pool/http1.py --sample 120 --seed 1
     python bench/mutation.py silicon_pool/usage.py --list             # the mutants, none run
+    python bench/mutation.py silicon_pool/http1.py --tests tests/test_http1.py -k "not uvloop"  # -k… goes to pytest
 
 Mutants are made one at a time from the module's AST: comparisons flipped (`<`/`<=`, `==`/`!=`,
 `in`/`not in`, `is`/`is not`), `and`/`or` swapped, an operand of a boolean op dropped, `+`/`-`
@@ -519,11 +520,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=MAX_WORKERS)
     parser.add_argument("--list", action="store_true", help="print the mutants, run none")
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)  # what argparse does not know (`-k …`) goes to pytest
 
     module = Path(args.module).as_posix()
     source = (ROOT / module).read_text(encoding="utf-8")
-    tests = args.tests or DEFAULT_TESTS.get(module)
+    tests = [*(args.tests or DEFAULT_TESTS.get(module, [])), *extra]
     if not tests:
         parser.error(f"no default tests for {module}: give --tests")
     tests = [t for t in tests if not t.startswith("tests/") or (ROOT / t.split("::")[0]).exists()]
@@ -533,11 +534,11 @@ def main(argv: list[str] | None = None) -> int:
     found = mutants(source, only)
     if args.kind:
         found = [m for m in found if m.kind in args.kind]
+    if args.sample is not None and args.sample < len(found):  # drawn before the judged ones go: a stable sample
+        found = sorted(random.Random(args.seed).sample(found, args.sample), key=lambda m: m.index)
     judged = read_equivalent(module)
     equivalent = [m for m in found if m.ident in judged]
     todo = [m for m in found if m.ident not in judged]
-    if args.sample is not None and args.sample < len(todo):
-        todo = sorted(random.Random(args.seed).sample(todo, args.sample), key=lambda m: m.index)
     if args.list:
         for m in todo:
             print(f"{m.line}:{m.col} {m.ident} {m.before[:60]!r}: {m.after[:80]}")
