@@ -383,11 +383,14 @@ def rest_most(pool: KeyPool, clock: Clock, model: str, resting: int) -> None:
         pool.rest(pool.keys[key_id], model, "RPM", clock.now + 60, whole_account=False)
 
 
-def test_picks_for_a_model_with_most_keys_resting_find_the_others() -> None:
-    pool, clock, _, _ = pool_of(*([1.0] * 100))
+@pytest.mark.parametrize("strategy", ["round_robin", "oldest"])
+def test_picks_for_a_model_with_most_keys_resting_find_the_others(strategy: str) -> None:
+    """However many rest (here the 80 oldest), a key free for the model is found: the model has a view."""
+    pool, clock, _, _ = pool_of(*([1.0] * 100), strategy=strategy)
     rest_most(pool, clock, "m", 80)
-    assert set(take(pool, model="m", n=60)) == set(range(81, 101))
-    assert len(set(take(pool, model="other", n=200))) == 100
+    picked = take(pool, model="m", n=60)
+    assert set(picked) == (set(range(81, 101)) if strategy == "round_robin" else {81})
+    assert len(set(take(pool, model="other", n=200))) == (100 if strategy == "round_robin" else 1)
 
 
 def test_a_balance_check_reorders_the_picks_of_a_rested_model_too() -> None:
