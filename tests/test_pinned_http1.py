@@ -94,3 +94,21 @@ def test_a_protocol_error_says_what_was_wrong(run, answer: bytes, message: str) 
         assert str(caught.value) == message
 
     run(answering(answer), body)
+
+
+def test_a_chunk_line_cut_after_large_chunks_is_waited_for(run) -> None:
+    """The 64 KiB bound counts the bytes of the unfinished line, not the chunks read before it."""
+    chunk = b"7800\r\n" + b"c" * 0x7800 + b"\r\n"  # 30 KiB each
+
+    async def script(upstream: Upstream, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await upstream.read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + chunk * 3 + b"0")
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        writer.write(b"\r\n\r\n")
+        await reader.read()
+
+    async def body(upstream: Upstream, client: Http1Client) -> None:
+        assert await (await send(client, upstream.url())).read() == b"c" * (3 * 0x7800)
+
+    run(script, body)
