@@ -8,7 +8,7 @@ import asyncio
 import pytest
 
 from silicon_pool.http1 import Http1Client, ProtocolError
-from tests.test_http1 import OK, Upstream, answering, run, send
+from tests.test_http1 import OK, Script, Upstream, answering, run, send
 
 __all__ = ["run"]  # the fixture, on both event loops
 
@@ -18,7 +18,7 @@ CHUNKED = (
 )
 
 
-def byte_by_byte(*answers: bytes) -> object:
+def byte_by_byte(*answers: bytes) -> Script:
     """A script that writes each answer one byte per packet."""
 
     async def script(upstream: Upstream, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
