@@ -520,6 +520,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=MAX_WORKERS)
     parser.add_argument("--list", action="store_true", help="print the mutants, run none")
+    parser.add_argument("--ids", nargs="+", help="run only these mutants (say, the survivors of the last run)")
     args, extra = parser.parse_known_args(argv)  # what argparse does not know (`-k …`) goes to pytest
 
     module = Path(args.module).as_posix()
@@ -534,6 +535,8 @@ def main(argv: list[str] | None = None) -> int:
     found = mutants(source, only)
     if args.kind:
         found = [m for m in found if m.kind in args.kind]
+    if args.ids:
+        found = [m for m in found if m.ident in set(args.ids)]
     if args.sample is not None and args.sample < len(found):  # drawn before the judged ones go: a stable sample
         found = sorted(random.Random(args.seed).sample(found, args.sample), key=lambda m: m.index)
     judged = read_equivalent(module)

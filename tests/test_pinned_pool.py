@@ -61,6 +61,13 @@ def test_a_removed_key_is_forgotten_everywhere() -> None:
     assert "acc" not in pool.by_account and pool.tier_size(PAID) == 0
 
 
+def test_a_removed_key_no_longer_shows_as_resting() -> None:
+    pool, clock, _, _ = pool_of(1.0, 1.0)
+    pool.rest(pool.keys[1], "m", "RPM", clock.now + 60)
+    pool.remove(1)
+    assert pool.rested_models() == {} and pool.clear_rests() == []
+
+
 def test_a_removed_key_takes_its_own_rests_but_not_its_accounts() -> None:
     pool, clock, _, _ = pool_of(1.0, 1.0, 1.0, accounts=[None, "acc", "acc"])
     pool.rest(pool.keys[1], "m", "RPM", clock.now + 60)
@@ -344,7 +351,7 @@ async def test_a_wait_with_nothing_happening_lasts_its_time() -> None:
     assert time.monotonic() - started >= 0.04
 
 
-@pytest.mark.parametrize(("free_rests", "retry_after"), [(40, 500), (70, 11)])
+@pytest.mark.parametrize(("free_rests", "retry_after"), [(40, 500), (70, 12)])
 def test_past_many_rests_that_cannot_help_the_wait_told_is_the_models_earliest(
     free_rests: int, retry_after: int
 ) -> None:
@@ -355,6 +362,7 @@ def test_past_many_rests_that_cannot_help_the_wait_told_is_the_models_earliest(
     for i in range(free_rests):
         pool.rest(pool.keys[i + 2], "m", "RPM", clock.now + 10 + i)
     pool.rest(pool.keys[2], "m", "RPD", clock.now + 5000)  # renewed: its end at +10 is stale
+    pool.clear_rests(3, "m")  # ended early: its end at +11 is stale too
     why = pool.unavailable((PAID,), "m")
     assert why.status == 429 and why.retry_after == retry_after
 
@@ -508,3 +516,120 @@ def test_when_every_key_not_resting_was_tried_the_answer_is_no_rate_limit(keys: 
     assert pool.acquire((PAID,), "m", tried) is None
     why = pool.unavailable((PAID,), "m")
     assert why.status == 503 and why.rest is None
+
+
+@pytest.mark.parametrize(("before", "after", "first"), [("oldest", "newest", 40), ("newest", "oldest", 35)])
+def test_a_new_strategy_applies_to_the_picks_of_rested_models_too(before: str, after: str, first: int) -> None:
+    pool, clock, _, _ = pool_of(*([1.0] * 40), strategy=before)
+    rest_most(pool, clock, "m", 34)  # the model has a view
+    pool.set_strategy(after)
+    assert pool.strategy == after
+    assert take(pool, model="m") == [first]
+    pool.clear_rests(model="m")
+    rest_most(pool, clock, "n", 34)  # a view opened after the change
+    assert take(pool, model="n") == [first]
+
+
+def test_a_strategy_change_keeps_a_view_for_a_model_with_few_keys_left_resting() -> None:
+    """The view opened at 34 resting keys; 30 of them came back; then the strategy changes."""
+    pool, clock, _, _ = pool_of(*([1.0] * 40), strategy="oldest")
+    rest_most(pool, clock, "m", 34)
+    for key_id in range(1, 31):
+        pool.clear_rests(key_id, "m")
+    pool.set_strategy("newest")
+    assert take(pool, model="m") == [40]
+
+
+def test_after_a_strategy_change_most_keys_resting_still_leave_the_others() -> None:
+    pool, clock, _, _ = pool_of(*([1.0] * 100), strategy="newest")
+    rest_most(pool, clock, "m", 80)
+    pool.set_strategy("oldest")
+    assert take(pool, model="m") == [81]
+
+
+async def test_a_waiter_wakes_when_a_key_is_enabled() -> None:
+    pool, _, _, _ = pool_of(1.0)
+    pool.set_enabled(pool.keys[1], False)
+    started = time.monotonic()
+    asyncio.get_running_loop().call_later(0.05, pool.set_enabled, pool.keys[1], True)
+    await pool.wait_for_change(5)
+    assert time.monotonic() - started < 4
+
+
+def test_a_free_key_whose_cooldown_ended_serves_the_next_free_request() -> None:
+    pool, _, _, _ = pool_of(0.0)
+    pool.cool(pool.keys[1], 0.02, "HTTP 503")
+    assert take(pool, (FREE,)) == [None]
+    time.sleep(0.03)
+    assert take(pool, (FREE,)) == [1]
+
+
+def test_rests_restored_after_a_restart_tell_the_wait_and_keep_a_view() -> None:
+    pool, clock, _, _ = pool_of(*([1.0] * 100), strategy="oldest")
+    pool.restore([Rest("m", (KEY, i), "RPD", clock.now + 7200 + i) for i in range(1, 81)])
+    assert take(pool, model="m") == [81]  # the 80 oldest rest: the model has its view again
+    for key_id in range(81, 101):
+        pool.set_enabled(pool.keys[key_id], False)
+    assert pool.unavailable((PAID,), "m").retry_after == 7201
+
+
+def test_a_renewed_rest_is_not_ended_by_its_old_end() -> None:
+    pool, clock, _, _ = pool_of(1.0, 1.0)
+    pool.rest(pool.keys[1], "m", "RPM", clock.now + 60)
+    pool.rest(pool.keys[1], "m", "RPD", clock.now + 600)
+    clock.now += 61
+    assert set(take(pool, model="m", n=4)) == {2}
+    clock.now += 540
+    assert set(take(pool, model="m", n=4)) == {1, 2}
+
+
+def test_a_short_cooldown_ends_while_a_longer_one_goes_on() -> None:
+    pool, _, _, _ = pool_of(1.0, 1.0)
+    pool.cool(pool.keys[1], 0.02, "HTTP 503")
+    pool.cool(pool.keys[2], 30, "HTTP 503")
+    time.sleep(0.03)
+    assert take(pool, n=3) == [1, 1, 1]
+
+
+async def test_after_a_wake_the_next_wait_lasts_its_time_again() -> None:
+    pool, clock, _, _ = pool_of(1.0)
+    pool.rest(pool.keys[1], "m", "RPM", clock.now + 60)
+    asyncio.get_running_loop().call_later(0.01, pool.clear_rests)
+    await pool.wait_for_change(5)
+    started = time.monotonic()
+    await pool.wait_for_change(0.05)
+    assert time.monotonic() - started >= 0.04
+
+
+def test_a_rest_is_the_wait_when_the_only_other_key_is_deleted_or_disabled_while_cooling() -> None:
+    for gone in ("removed", "disabled"):
+        pool, clock, _, _ = pool_of(1.0, 1.0)
+        pool.cool(pool.keys[1], 30, "HTTP 503")
+        pool.remove(1) if gone == "removed" else pool.set_enabled(pool.keys[1], False)
+        pool.rest(pool.keys[2], "m", "RPH", clock.now + 900)
+        why = pool.unavailable((PAID,), "m")
+        assert (why.status, why.retry_after) == (429, 900), gone
+
+
+def test_a_refusal_says_why_in_both_languages() -> None:
+    pool, _, _, _ = pool_of(1.0)
+    pool.set_max_inflight(3)
+    for _ in range(3):
+        pool.acquire((PAID,))
+    assert pool.unavailable((PAID,)).message == (
+        "Every key is serving max_inflight_per_key=3 requests; retry shortly (所有 Key 都已达到并发上限)"
+    )
+    pool.set_max_inflight(0)  # (while a paid key is capped, a free request is told the cap too)
+    free = pool.unavailable((FREE,)).message
+    assert free == "No zero-balance key is available for the free token (没有可用的免费 Key)"
+    pool.set_enabled(pool.keys[1], False)
+    assert pool.unavailable((PAID,)).message == (
+        "No usable key: every key is disabled, invalid or out of balance (没有可用的 Key)"
+    )
+
+
+def test_no_wait_is_told_when_only_keys_of_the_other_tier_rest() -> None:
+    pool, clock, _, _ = pool_of(1.0, 0.0)
+    pool.rest(pool.keys[2], "m", "RPM", clock.now + 60)
+    assert pool.next_chance((PAID,), "m") is None
+    assert pool.next_chance((FREE,), "m") == 60
