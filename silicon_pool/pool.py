@@ -493,7 +493,7 @@ class KeyPool:
         cools = [until for tier in tiers if (until := self._next_cool_end(tier)) is not None]
         if cools:
             waits.append(min(cools) - time.monotonic())
-        if self._capped:
+        if self._capped_in(tiers):
             waits.append(1.0)  # woken early by the release
         return max(0.0, min(waits)) if waits else None
 
@@ -570,6 +570,10 @@ class KeyPool:
         if sum(len(self._indexes[t]) for t in tiers) > SKIP_LIMIT:
             return True  # no view to hold them: a pick that found none gave up after SKIP_LIMIT resting keys
         return all(self.rests_for(k, model) for t in tiers for k in self._indexes[t])
+
+    def _capped_in(self, tiers: tuple[int, ...]) -> bool:
+        """Whether a key of `tiers` is out of the indexes only because it is at its cap (back soon)."""
+        return any(_in_tiers(key, tiers) for key in self._capped)
 
     def _held_out(self, tiers: tuple[int, ...]) -> Iterable[Key]:
         """Keys of `tiers` out of every index for now only: cooling down, or at their cap."""
@@ -650,7 +654,7 @@ class KeyPool:
                 f"All usable keys are cooling down after upstream errors; retry in {wait}s (所有可用 Key 正在冷却)",
                 wait,
             )
-        if self._capped:
+        if self._capped_in(tiers):
             return Unavailable(
                 f"Every key is serving max_inflight_per_key={self.max_inflight} requests; retry shortly "
                 "(所有 Key 都已达到并发上限)",

@@ -200,7 +200,7 @@ def test_a_pool_without_keys_says_so() -> None:
 
 def test_a_free_request_without_a_free_key_says_so() -> None:
     pool, _, _, _ = pool_of(1.0)
-    assert "免费" in pool.unavailable((FREE,)).message
+    assert "free token" in pool.unavailable((FREE,)).message and "零余额" in pool.unavailable((FREE,)).message
     assert pool.unavailable((FREE,)).retry_after is None
 
 
@@ -619,9 +619,11 @@ def test_a_refusal_says_why_in_both_languages() -> None:
     assert pool.unavailable((PAID,)).message == (
         "Every key is serving max_inflight_per_key=3 requests; retry shortly (所有 Key 都已达到并发上限)"
     )
-    pool.set_max_inflight(0)  # (while a paid key is capped, a free request is told the cap too)
-    free = pool.unavailable((FREE,)).message
-    assert free == "No zero-balance key is available for the free token (没有可用的免费 Key)"
+    free = pool.unavailable((FREE,))  # a paid key at its cap brings no zero-balance key back
+    assert free.message == "No zero-balance key is available for the free token (没有可用的零余额 Key)"
+    assert free.retry_after is None and pool.next_chance((FREE,), "") is None
+    assert pool.next_chance((PAID,), "") == 1.0
+    pool.set_max_inflight(0)
     pool.set_enabled(pool.keys[1], False)
     assert pool.unavailable((PAID,)).message == (
         "No usable key: every key is disabled, invalid or out of balance (没有可用的 Key)"
