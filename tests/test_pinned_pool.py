@@ -10,7 +10,7 @@ import time
 import pytest
 
 from silicon_pool.keys import ACTIVE, INVALID, Key
-from silicon_pool.pool import ACCOUNT, FREE, KEY, PAID, KeyPool, Rest, Unavailable, owner_of
+from silicon_pool.pool import ACCOUNT, FREE, KEY, PAID, UNKNOWN, KeyPool, Rest, Unavailable, owner_of
 from tests.fake_upstream import make_key
 
 NOW = 1_800_000_000.0
@@ -635,3 +635,14 @@ def test_no_wait_is_told_when_only_keys_of_the_other_tier_rest() -> None:
     pool.rest(pool.keys[2], "m", "RPM", clock.now + 60)
     assert pool.next_chance((PAID,), "m") is None
     assert pool.next_chance((FREE,), "m") == 60
+
+
+def test_a_free_token_request_waits_for_unknown_balance_keys_cooling_down_not_for_known_ones() -> None:
+    pool, _, _, _ = pool_of(None, 5.0)
+    pool.cool(pool.keys[1], 30, "upstream connection failed")
+    pool.cool(pool.keys[2], 10, "upstream connection failed")  # back sooner, but never the free token's
+    why = pool.unavailable((FREE, UNKNOWN))
+    assert why.status == 503 and why.retry_after == 30 and "cooling" in why.message
+    chance = pool.next_chance((FREE, UNKNOWN), "m")
+    assert chance is not None and 29 < chance <= 30
+    assert pool.unavailable((PAID,)).retry_after == 10
