@@ -51,7 +51,7 @@ TEXT: dict[str, tuple[str, str]] = {
     "home.balance": ("总余额（¥）", "Total balance (¥)"),
     "home.balance_note": (
         "仅统计已知余额；{n} 个 Key 余额未知（硅基流动已不再提供国内 Key 的余额查询）",
-        "Known balances only; {n} keys' balances are unknown (SiliconFlow no longer reports China keys' balances)",
+        "Known balances only; keys whose balance is unknown: {n} (SiliconFlow no longer reports China keys' balances)",
     ),
     "home.today_calls": ("今日调用", "Calls today"),
     "home.today_tokens": ("今日 tokens", "Tokens today"),
