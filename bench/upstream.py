@@ -1,7 +1,7 @@
 """A fast fake SiliconFlow for benchmarks: canned answers, so the proxy is what gets measured.
 
-Chat answers are fixed bytes; `"stream": true` gets CHUNKS SSE events, DELAY seconds apart (or
-what the `X-Bench-Delay` header asks; with no delay they go out in one burst, so that the fake is
+Chat answers are fixed bytes; `"stream": true` gets CHUNKS SSE events (or `X-Bench-Events`), DELAY
+seconds apart (or what the `X-Bench-Delay` header asks; with no delay they go out in one burst, so that the fake is
 not what limits a throughput run), each stamped with the sender's monotonic clock so a client on
 the same machine can tell how long a chunk spent in transit.
 `/v1/user/info` answers after USER_INFO_DELAY seconds, like a real account check.
@@ -52,11 +52,12 @@ def make_app(chunks: int, delay: float, user_info_delay: float) -> web.Applicati
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
         pause = float(request.headers.get("X-Bench-Delay", delay))
+        events = int(request.headers.get("X-Bench-Events", chunks))
         if not pause:  # no delay: one burst, so the upstream is not what limits the run
-            await response.write(b"".join(_event(i) for i in range(chunks)) + b"data: [DONE]\n\n")
+            await response.write(b"".join(_event(i) for i in range(events)) + b"data: [DONE]\n\n")
             await response.write_eof()
             return response
-        for i in range(chunks):
+        for i in range(events):
             if i:
                 await asyncio.sleep(pause)
             await response.write(_event(i))
