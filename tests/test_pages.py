@@ -154,6 +154,8 @@ async def test_unknown_balances_are_explained_and_topped_up_keys_go_back(
     cell = tab.page.locator(f'tr[data-id="{unknown.id}"] td.num').first
     await expect(cell).to_have_text("未知")
     assert "410" in (await cell.get_attribute("title") or "")
+    footnote = tab.page.locator("#balance-footnote")  # phones have no hover: the reason stands under the table too
+    await expect(footnote).to_contain_text("不再提供国内 Key 的余额查询")
     await expect(tab.page.locator(f'tr[data-id="{funded.id}"] [data-action="funded"]')).to_have_count(0)
     await tab.page.locator(f'tr[data-id="{zero.id}"] [data-action="funded"]').click()
     await expect(tab.page.locator(f'tr[data-id="{zero.id}"] td.num').first).to_have_text("未知")

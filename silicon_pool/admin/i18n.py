@@ -132,6 +132,13 @@ TEXT: dict[str, tuple[str, str]] = {
         "The account was topped up: zero-balance keys go back to the paid tier, balance unknown",
     ),
     "keys.balance_unknown": ("未知", "unknown"),
+    "keys.balance_footnote": (
+        "余额“未知”：硅基流动已不再提供国内 Key 的余额查询（/user/info 返回 410），Key 有效、余额未知；"
+        "遇到余额不足（30001）时会自动记为零余额，账户充值后可点“已充值”。",
+        'Balance "unknown": SiliconFlow no longer reports China keys\' balances (/user/info answers 410); '
+        "the key is valid, its balance unknown. An insufficient-balance answer (30001) marks it zero by "
+        'itself; after topping the account up, use "Topped up".',
+    ),
     "keys.balance_unknown_why": (
         "硅基流动已不再提供国内 Key 的余额查询（/user/info 返回 410）；Key 有效，余额未知。"
         "遇到余额不足（30001）时会自动记为零余额",

@@ -28,6 +28,10 @@ async function load() {
     return load();
   }
   body.replaceChildren(...(data.items.length ? data.items.map(row) : [emptyRow()]));
+  // The reason for "unknown" is a tooltip too, but a phone has no hover: say it under the table.
+  document.getElementById("balance-footnote").hidden = !data.items.some(
+    (key) => key.balance === null && key.state !== "invalid",
+  );
   renderPager(document.getElementById("pager"), view.page, view.pageSize, data.total, (page) => {
     view.page = page;
     load();
