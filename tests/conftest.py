@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import shutil
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -102,6 +104,17 @@ async def upstream_url(fake: FakeUpstream, aiohttp_server: Any) -> str:
 
 
 StartProxy = Callable[..., Awaitable[Running]]
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+RELEASE = "fa0878f"  # the release whose data dir tests/fixtures keeps (make_release_data_dir.py)
+RELEASE_MANIFEST: dict[str, Any] = json.loads((FIXTURES / f"data-{RELEASE}.json").read_text())
+
+
+def release_data_dir(tmp_path: Path, name: str = f"data-{RELEASE}") -> Path:
+    """A copy of the data dir release fa0878f wrote, to upgrade or to damage (its manifest: RELEASE_MANIFEST)."""
+    data_dir = tmp_path / name
+    shutil.copytree(FIXTURES / f"data-{RELEASE}", data_dir)
+    return data_dir
 
 
 @pytest.fixture

@@ -3,8 +3,6 @@ longer decrypts, or a settings row that is not JSON, leaves every other key and 
 
 from __future__ import annotations
 
-import json
-import shutil
 import sqlite3
 from pathlib import Path
 
@@ -12,15 +10,13 @@ import pytest
 
 from silicon_pool.store import DB_FILE
 from silicon_pool.typedefs import SETTINGS
-from tests.conftest import StartProxy, login
+from tests.conftest import RELEASE_MANIFEST, StartProxy, login, release_data_dir
 
-FIXTURES = Path(__file__).resolve().parent / "fixtures"
-MANIFEST = json.loads((FIXTURES / "data-fa0878f.json").read_text())
+MANIFEST = RELEASE_MANIFEST
 
 
 def _damaged(tmp_path: Path, *statements: str) -> Path:
-    data_dir = tmp_path / "data"
-    shutil.copytree(FIXTURES / "data-fa0878f", data_dir)
+    data_dir = release_data_dir(tmp_path, "data")
     conn = sqlite3.connect(data_dir / DB_FILE)
     for statement in statements:
         conn.execute(statement)

@@ -4,8 +4,6 @@ nothing lost, a second start changes nothing, and one from a newer release is le
 from __future__ import annotations
 
 import hashlib
-import json
-import shutil
 import sqlite3
 import subprocess
 import sys
@@ -20,17 +18,14 @@ from silicon_pool.crypto import Secrets
 from silicon_pool.schema import MIGRATIONS, VERSION, Migration, SchemaTooNew
 from silicon_pool.store import DB_FILE, Store
 from silicon_pool.typedefs import SETTINGS
-from tests.conftest import StartProxy, login
+from tests.conftest import FIXTURES, RELEASE_MANIFEST, StartProxy, login, release_data_dir
 
-FIXTURES = Path(__file__).resolve().parent / "fixtures"
 ROOT = FIXTURES.parent.parent
 
 
-def _release_data_dir(tmp_path: Path, release: str = "fa0878f") -> tuple[Path, dict[str, Any]]:
-    """A copy of the data dir that `release` wrote (tests/fixtures/make_release_data_dir.py), and its manifest."""
-    data_dir = tmp_path / f"data-{release}"
-    shutil.copytree(FIXTURES / f"data-{release}", data_dir)
-    return data_dir, json.loads((FIXTURES / f"data-{release}.json").read_text())
+def _release_data_dir(tmp_path: Path) -> tuple[Path, dict[str, Any]]:
+    """A copy of the data dir the release wrote, and its manifest."""
+    return release_data_dir(tmp_path), RELEASE_MANIFEST
 
 
 def _layout(path: Path) -> dict[str, Any]:

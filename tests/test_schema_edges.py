@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import multiprocessing
-import shutil
 import sqlite3
 import subprocess
 import sys
@@ -19,15 +18,9 @@ import pytest
 from silicon_pool.crypto import Secrets
 from silicon_pool.schema import VERSION
 from silicon_pool.store import DB_FILE, Store
+from tests.conftest import FIXTURES, release_data_dir
 
-FIXTURES = Path(__file__).resolve().parent / "fixtures"
 ROOT = FIXTURES.parent.parent
-
-
-def _release_data_dir(tmp_path: Path) -> Path:
-    data_dir = tmp_path / "data-fa0878f"
-    shutil.copytree(FIXTURES / "data-fa0878f", data_dir)
-    return data_dir
 
 
 def _files(data_dir: Path) -> dict[str, str]:
@@ -73,7 +66,7 @@ def _leave_wal_behind(db: Path, *statements: str) -> None:
 
 
 def test_a_newer_data_dir_with_a_leftover_wal_is_left_untouched(tmp_path: Path) -> None:
-    data_dir = _release_data_dir(tmp_path)
+    data_dir = release_data_dir(tmp_path)
     _leave_wal_behind(
         data_dir / DB_FILE,
         f"PRAGMA user_version = {VERSION + 1}",
@@ -95,7 +88,7 @@ def test_a_newer_data_dir_with_a_leftover_wal_is_left_untouched(tmp_path: Path) 
 
 @pytest.mark.parametrize("version", [-1, -(2**31)])
 def test_a_negative_schema_version_is_refused_untouched(tmp_path: Path, version: int) -> None:
-    data_dir = _release_data_dir(tmp_path)
+    data_dir = release_data_dir(tmp_path)
     conn = sqlite3.connect(data_dir / DB_FILE)
     conn.execute(f"PRAGMA user_version = {version}")
     conn.close()
@@ -119,7 +112,7 @@ def test_a_negative_schema_version_is_refused_untouched(tmp_path: Path, version:
     ids=["text", "header cut", "truncated"],
 )
 def test_a_pool_db_that_is_not_a_database_exits_2_with_a_message(tmp_path: Path, content: bytes | str) -> None:
-    data_dir = _release_data_dir(tmp_path)
+    data_dir = release_data_dir(tmp_path)
     db = data_dir / DB_FILE
     db.write_bytes(db.read_bytes()[:5000] if content == "truncated" else content)  # type: ignore[arg-type]
     before = _files(data_dir)
@@ -149,7 +142,7 @@ def test_an_older_version_0_data_dir_gets_what_fa0878f_would_have_added(
 ) -> None:
     """fa0878f ran CREATE TABLE/INDEX IF NOT EXISTS at every start, so a data dir from an earlier
     commit gained the admin table and the log indexes; the version-1 stamp must not lose that."""
-    data_dir = _release_data_dir(tmp_path)
+    data_dir = release_data_dir(tmp_path)
     conn = sqlite3.connect(data_dir / DB_FILE)
     for statement in damage:
         conn.execute(statement)
@@ -174,7 +167,7 @@ def test_an_older_version_0_data_dir_gets_what_fa0878f_would_have_added(
 def test_a_version_0_keys_table_missing_a_column_is_refused_before_the_stamp(
     tmp_path: Path,
 ) -> None:
-    data_dir = _release_data_dir(tmp_path)
+    data_dir = release_data_dir(tmp_path)
     conn = sqlite3.connect(data_dir / DB_FILE)
     conn.execute("ALTER TABLE keys DROP COLUMN account_id")
     conn.commit()

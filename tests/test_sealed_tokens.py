@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 import sqlite3
 import subprocess
 import sys
@@ -15,11 +14,10 @@ import openai
 import pytest
 
 from silicon_pool.store import DB_FILE
-from tests.conftest import Running, StartProxy, login, paid_keys
+from tests.conftest import RELEASE_MANIFEST, Running, StartProxy, login, paid_keys, release_data_dir
 from tests.fake_upstream import FakeUpstream
 
-FIXTURES = Path(__file__).resolve().parent / "fixtures"
-MANIFEST = json.loads((FIXTURES / "data-fa0878f.json").read_text())
+MANIFEST = RELEASE_MANIFEST
 TOKENS = (MANIFEST["settings"]["api_token"], MANIFEST["settings"]["free_token"])
 OLD_TOKEN = "an-older-token-" + "x" * 100  # longer than the one replacing it: part stays in free space
 PAID_MODEL, FREE_MODEL = "deepseek-ai/DeepSeek-V3", "Qwen/Qwen2.5-7B-Instruct"
@@ -96,8 +94,7 @@ def _leave_old_traces(db: Path) -> None:
 async def test_a_release_data_dir_s_plain_tokens_keep_working_and_are_encrypted(
     tmp_path: Path, start_proxy: StartProxy, fake: FakeUpstream, traces: bool
 ) -> None:
-    data_dir = tmp_path / "data-fa0878f"
-    shutil.copytree(FIXTURES / "data-fa0878f", data_dir)
+    data_dir = release_data_dir(tmp_path)
     if traces:
         _leave_old_traces(data_dir / DB_FILE)
         assert OLD_TOKEN[:20].encode() in (data_dir / DB_FILE).read_bytes()

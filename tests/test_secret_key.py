@@ -5,7 +5,6 @@ exits 2; only a data dir with nothing encrypted in it gets a new secret."""
 from __future__ import annotations
 
 import os
-import shutil
 import sqlite3
 import subprocess
 import sys
@@ -16,16 +15,13 @@ import pytest
 
 from silicon_pool.crypto import SECRET_FILE
 from silicon_pool.store import DB_FILE
-from tests.conftest import StartProxy
+from tests.conftest import FIXTURES, StartProxy, release_data_dir
 
-FIXTURES = Path(__file__).resolve().parent / "fixtures"
 ROOT = FIXTURES.parent.parent
 
 
 def _release_data_dir(tmp_path: Path) -> Path:
-    data_dir = tmp_path / "data"
-    shutil.copytree(FIXTURES / "data-fa0878f", data_dir)
-    return data_dir
+    return release_data_dir(tmp_path, "data")
 
 
 def _files(data_dir: Path) -> dict[str, tuple[bytes, int, int]]:
