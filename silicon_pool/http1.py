@@ -21,7 +21,7 @@ import asyncio
 import re
 import ssl
 import zlib
-from typing import NamedTuple, cast
+from typing import NamedTuple, Protocol, cast
 
 from yarl import URL
 
@@ -95,6 +95,19 @@ def target(url: str) -> Target:
     return Target((host, port, tls), host_header, parsed.raw_path_qs)
 
 
+class Sink(Protocol):
+    """Where a piped answer's body goes, called from the connection's callback (see Answer.pipe)."""
+
+    def data(self, data: bytes) -> None:
+        """Body bytes, plain (gzip undone); the sink may call Answer.hold before it returns."""
+
+    def end(self) -> None:
+        """The body has all arrived and is valid."""
+
+    def fail(self, error: UpstreamError) -> None:
+        """The answer broke off; the bytes that came before it were given to `data` first."""
+
+
 class Answer:
     """The upstream's answer: status and headers at once, the body as it arrives."""
 
@@ -104,7 +117,10 @@ class Answer:
         "_ended",
         "_error",
         "_gunzip",
+        "_held",
+        "_sink",
         "_size",
+        "_stepping",
         "_waiter",
         "content_type",
         "headers",
@@ -130,6 +146,9 @@ class Answer:
         self._ended = False  # all of the body has arrived (gzip may still be undone from it)
         self._error: UpstreamError | None = None
         self._waiter: asyncio.Future[None] | None = None
+        self._sink: Sink | None = None  # once piped, until the end or a failure is handed over
+        self._held = False  # the sink asked for no more bytes until go_on
+        self._stepping = False  # a step of gzip inflation is scheduled for the next loop turn
 
     async def readany(self) -> bytes:
         """What has arrived since the last call (waiting for something if nothing has); b"" at the end.
@@ -198,21 +217,83 @@ class Answer:
 
     def release(self) -> None:
         """Done with the answer: a connection still receiving it cannot be reused, so it closes."""
+        self._sink = None
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+
+    def pipe(self, sink: Sink) -> None:
+        """Hand the rest of the body to `sink` from the connection's own callback, as it arrives:
+        no future, no task woken per piece (a stream's events come one read each). What arrived
+        before goes first; the end or a failure is reported once, after the last bytes."""
+        self._sink = sink
+        self._flow()
+
+    def hold(self) -> None:
+        """The sink can take no more for now (its client reads slowly): the upstream is paused."""
+        self._held = True
+        if self._conn is not None:
+            self._conn.pause()
+
+    def go_on(self) -> None:
+        """The sink can take bytes again: what waits is handed over and the upstream resumed."""
+        self._held = False
+        self._flow()
+
+    def _flow(self) -> None:
+        """Give the sink what is held, undoing gzip one bounded step per loop turn (so a small
+        packet that inflates to gigabytes never holds the loop), and its end once all is out."""
+        self._stepping = False
+        sink = self._sink
+        if sink is None or self._held:
+            return
+        gunzip = self._gunzip
+        if gunzip is not None and gunzip.pending():
+            try:
+                self._inflate(HIGH_WATER - self._size)
+            except ProtocolError as exc:
+                self._break(exc)
+                return
+        if self._chunks:
+            chunks = self._chunks
+            data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            chunks.clear()
+            self._size = 0
+            sink.data(data)  # which may hold, or fail the answer
+            if self._sink is None or self._held:
+                return
+        conn = self._conn
+        if gunzip is not None and gunzip.pending():
+            if conn is not None:
+                conn.pause()
+            self._stepping = True
+            asyncio.get_running_loop().call_soon(self._flow)
+        elif self._ended:
+            self._sink = None
+            sink.end()
+        elif conn is not None and conn.paused:
+            conn.resume()
 
     # -- fed by the connection ----------------------------------------------------------------
 
     def _feed(self, data: bytes) -> None:
         """Body bytes as they arrive; a broken gzip body raises ProtocolError for the connection."""
         gunzip = self._gunzip
+        sink = self._sink
+        if sink is not None and gunzip is None and not self._held and not self._chunks:
+            sink.data(data)  # a piped stream's usual case: straight through
+            return
         if gunzip is None:
             self._chunks.append(data)
             self._size += len(data)
         else:
             gunzip.give(data)
+            if self._stepping or self._held:
+                return  # inflated at the next step, once the sink can take it
             self._inflate(HIGH_WATER - self._size)
+        if sink is not None:
+            self._flow()
+            return
         self._wake()
         if self._size >= HIGH_WATER and self._conn is not None:
             self._conn.pause()  # the reader resumes it once it has taken what is held
@@ -238,6 +319,9 @@ class Answer:
     def _end(self) -> None:
         self._ended = True
         self._conn = None  # the connection may serve another request from here on
+        if self._sink is not None:
+            self._flow()
+            return
         if self._gunzip is not None:
             try:
                 self._inflate(HIGH_WATER - self._size)
@@ -256,6 +340,14 @@ class Answer:
         self._error = error.with_traceback(None)  # its frames hold this answer: a cycle
         self._conn = None
         self._wake()
+        sink, self._sink = self._sink, None
+        if sink is not None:
+            if self._chunks:
+                data = b"".join(self._chunks)
+                self._chunks.clear()
+                self._size = 0
+                sink.data(data)
+            sink.fail(_again(error))
 
     def _wake(self) -> None:
         waiter = self._waiter

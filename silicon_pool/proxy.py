@@ -43,6 +43,7 @@ from .models import CatalogUnavailable, ModelCatalog
 from .multipart import boundary, form_field
 from .pool import FREE, PAID, UNKNOWN, KeyPool, Rest
 from .redact import scrub, scrub_bytes
+from .relay import ClientStalled, StreamRelay
 from .settings import Settings
 from .shapes import openai_error_body, openai_images
 from .store import CallRecord, Store
@@ -753,10 +754,10 @@ class Proxy:
     async def _relay_stream(
         self, request: web.BaseRequest, upstream: Answer, key: Key, call: _Call, is_sse: bool
     ) -> web.StreamResponse:
-        """Write each upstream chunk the moment it arrives; SSE streams also yield their usage.
+        """Relay the body as it arrives (relay.py); SSE streams also yield their usage.
 
-        A chunk read after the upstream has already ended goes out with the end of the answer,
-        in one write: nothing is held back, one system call is saved."""
+        The first piece goes out with the head; an answer that has all arrived by then goes
+        out whole, in one write. The rest goes from the upstream's callback to the client."""
         sse = StreamUsage() if is_sse else None
         trim = FinalUsageOnly() if is_sse and self.settings.stream_usage == "final_only" else None
         chunk = await upstream.readany()  # a failure here may still move on to another key
@@ -766,31 +767,28 @@ class Proxy:
             if "charset" not in (upstream.content_type or "").lower():  # `requests` would read it as ISO-8859-1
                 response.headers["Content-Type"] = SSE_UTF8
             call.stream = True  # what the client asked for aside (audio comes in chunks too)
-        status, error, first_byte = upstream.status, None, None
-        event_limit = self.settings.max_answer_mb * MB  # clients hold an event whole: one never ends past this
+        relay = StreamRelay(request, upstream, sse, trim, self.settings.max_answer_mb * MB)
+        status, error = upstream.status, None
         # From here on the answer is the client's: whatever breaks, no other key is tried.
         try:
             await response.prepare(request)
-            while chunk:
-                if sse is not None:
-                    sse.feed(chunk)
-                    if sse.event_bytes > event_limit:
-                        raise AnswerTooLarge(f"one event of the stream is over max_answer_mb ({event_limit // MB} MB)")
-                ended = upstream.at_eof()
-                out = chunk if trim is None else trim.feed(chunk, last=ended)
-                if ended:  # the upstream is done: this chunk and the end of the answer go out together
-                    await response.write_eof(out)
-                elif out:
-                    await response.write(out)
-                if first_byte is None and out:
-                    first_byte = time.monotonic()
-                chunk = b"" if ended else await upstream.readany()
-            await response.write_eof(b"" if trim is None else trim.feed(b"", last=True))
+            out = relay.process(chunk) if chunk else b""
+            if out:
+                relay.first_byte = time.monotonic()
+            if not upstream.at_eof():
+                await response.write(out)
+                await relay.run(self.settings.read_timeout)
+                out = b""
+            await response.write_eof(out if trim is None else out + trim.feed(b"", last=True))
         except asyncio.CancelledError:
             status, error = 499, "client disconnected"
             raise
         except ConnectionResetError:  # a write to a client that left
             status, error = 499, "client disconnected"
+        except ClientStalled as exc:  # its socket stays full: the key and the upstream are let go
+            status, error = 408, str(exc)
+            if request.transport is not None:
+                request.transport.abort()
         except UPSTREAM_FAILURES as exc:
             if isinstance(exc, AnswerTooLarge):  # the upstream's doing: nothing to note on the key
                 error = str(exc)
@@ -802,7 +800,8 @@ class Proxy:
             elif request.transport is not None:  # a cut binary body can only be signalled by closing
                 request.transport.close()
         finally:
-            self._log(call, status, key, first_byte, sse.result() if sse is not None else NO_USAGE, error)
+            usage = sse.result() if sse is not None else NO_USAGE
+            self._log(call, status, key, relay.first_byte, usage, error)
         return response
 
     @staticmethod

@@ -14,6 +14,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+import uvloop
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 from openai import AsyncOpenAI
@@ -26,6 +27,13 @@ from silicon_pool.server import PoolRunner
 from silicon_pool.store import DB_FILE, Store
 from silicon_pool.typedefs import POOL, SETTINGS, STORE
 from tests.fake_upstream import FakeUpstream, make_key
+
+
+def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Callable[[], Any]]:
+    """Tests marked `both_loops` run twice: on asyncio's loop and on uvloop, which production runs."""
+    if item.get_closest_marker("both_loops") is None:
+        return {"asyncio": asyncio.new_event_loop}
+    return {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
 
 
 class PoolTestServer(TestServer):
