@@ -21,7 +21,9 @@ import random
 import sys
 import time
 import tracemalloc
+from collections.abc import Callable
 from pathlib import Path
+from typing import cast
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -98,7 +100,8 @@ def view_memory(strategy: str, keys: int, accounts: bool) -> tuple[float, float]
 
 def pick_cost(pool: KeyPool, model: str, picks: int) -> float:
     """Mean ns of one acquire + release pair for `model`: the best of ROUNDS rounds, after a warm-up."""
-    acquire, release, tiers = pool.acquire, pool.release, (PAID,)
+    # every pool here has free keys, so acquire never returns None: release is typed to take what it returns
+    acquire, release, tiers = pool.acquire, cast(Callable[[Key | None], None], pool.release), (PAID,)
     for _ in range(min(picks // 10, 20_000)):
         release(acquire(tiers, model))
     per_round = max(1, picks // ROUNDS)
@@ -120,7 +123,9 @@ def pick_cost(pool: KeyPool, model: str, picks: int) -> float:
     return best
 
 
-def measure(keys: int, picks: int, strategies: tuple[str, ...] = STRATEGIES) -> list[tuple[str, list[str], list]]:
+def measure(
+    keys: int, picks: int, strategies: tuple[str, ...] = STRATEGIES
+) -> list[tuple[str, list[str], list[list[str]]]]:
     """The two tables: pick cost per strategy and state, and the cost and memory of rests and views."""
     pick_rows: list[list[str]] = []
     rest_rows: list[list[str]] = []
