@@ -36,6 +36,7 @@ from .typedefs import (
     ACCOUNT,
     CATALOG,
     CHECKER,
+    CLIENT,
     CONFIG,
     HOSTS,
     JOBS,
@@ -122,7 +123,7 @@ async def _upstream(app: web.Application) -> AsyncIterator[None]:
             client.set_limit(settings.max_upstream_connections)
 
     settings.subscribe(follow)
-    app[UPSTREAM] = session
+    app[UPSTREAM], app[CLIENT] = session, client
     app[CATALOG] = ModelCatalog(session, pool, settings)
     app[PROXY] = Proxy(pool, settings, store, client, app[HOSTS], app[CATALOG], app[METRICS])
     app[CHECKER] = BalanceChecker(session, settings)

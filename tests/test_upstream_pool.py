@@ -1,4 +1,5 @@
-"""The bound on upstream connections: the client's line of waiting requests, on both event loops."""
+"""The bound on upstream connections: the client's line of waiting requests on both event loops,
+then the proxy in front of the fake upstream, where running out answers 503 and blames no key."""
 
 from __future__ import annotations
 
@@ -9,12 +10,21 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import aiohttp
+import openai
 import pytest
+from aiohttp import web
 
 from silicon_pool.http1 import Answer, ConnectFailed, Disconnected, Http1Client, PoolExhausted, UpstreamTimeout, target
+from tests.conftest import Running, paid_keys
+from tests.fake_upstream import FakeUpstream
 from tests.test_http1 import OK, Upstream, answering, first_then, run, send
+from tests.test_metrics import scrape
 
 __all__ = ["run"]  # the fixture, on both event loops
+
+CHAT = "deepseek-ai/DeepSeek-V3"
+MESSAGES = [{"role": "user", "content": "hello there"}]
 
 
 async def post(client: Http1Client, url: str, body: bytes, connect_timeout: float = 2) -> Answer:
@@ -331,3 +341,77 @@ def test_closing_the_client_fails_those_in_line(run) -> None:
             await first
 
     run(held(gate), body)
+
+
+# -- the proxy -------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def peers() -> set[Any]:
+    """The address of every connection the fake upstream answered a request on."""
+    return set()
+
+
+@pytest.fixture
+async def upstream_url(fake: FakeUpstream, aiohttp_server: Any, peers: set[Any]) -> str:
+    async def note_peer(request: web.Request, _response: web.StreamResponse) -> None:
+        assert request.transport is not None
+        peers.add(request.transport.get_extra_info("peername"))
+
+    fake.app.on_response_prepare.append(note_peer)
+    server = await aiohttp_server(fake.app)
+    return str(server.make_url("/v1"))
+
+
+async def test_a_burst_through_the_proxy_keeps_to_the_limit_and_all_succeed(
+    proxy: Running, fake: FakeUpstream, peers: set[Any], http: aiohttp.ClientSession
+) -> None:
+    await proxy.add_keys(*((s, 10.0) for s in paid_keys(fake, 3)))
+    await proxy.set(max_upstream_connections=4)  # a live change: the client began with the default
+    fake.stream_chunks, fake.chunk_delay = 3, 0.005
+    client = proxy.openai()
+
+    async def one() -> str:
+        stream = await client.chat.completions.create(model=CHAT, messages=MESSAGES, stream=True)
+        return "".join([chunk.choices[0].delta.content or "" async for chunk in stream if chunk.choices])
+
+    assert await asyncio.gather(*(one() for _ in range(40))) == ["fake reply 0. fake reply 1. fake reply 2. "] * 40
+    assert len(peers) <= 4
+    types, samples = await scrape(proxy, http)
+    assert types["silicon_pool_upstream_connections"] == types["silicon_pool_upstream_connection_waiters"] == "gauge"
+    assert types["silicon_pool_upstream_connection_waits"] == "counter"  # the parser's name for waits_total
+    assert types["silicon_pool_upstream_connection_timeouts"] == "counter"
+    assert samples["silicon_pool_upstream_connections"][()] <= 4
+    assert samples["silicon_pool_upstream_connection_waiters"][()] == 0
+    assert samples["silicon_pool_upstream_connection_waits_total"][()] > 0
+    assert samples["silicon_pool_upstream_connection_timeouts_total"][()] == 0
+
+
+async def test_no_connection_in_time_is_a_503_that_blames_no_key(
+    proxy: Running, fake: FakeUpstream, http: aiohttp.ClientSession
+) -> None:
+    [key] = await proxy.add_keys((paid_keys(fake, 1)[0], 10.0))
+    await proxy.set(max_upstream_connections=1, connect_timeout=1)
+    fake.stall_after_chunks, fake.stall_seconds = 1, 30
+    client = proxy.openai()
+    stalled = await client.chat.completions.create(model=CHAT, messages=MESSAGES, stream=True)
+    await stalled.__anext__()  # the one connection is busy with this stream now
+    with pytest.raises(openai.InternalServerError) as caught:
+        await client.chat.completions.create(model=CHAT, messages=MESSAGES)
+    error = caught.value
+    assert error.status_code == 503 and error.response.headers["Retry-After"] == "1"
+    assert isinstance(error.body, dict) and error.body["code"] == "upstream_connections_busy"
+    assert "max_upstream_connections" in error.body["message"] and "请稍后重试" in error.body["message"]
+    assert key.cool_until <= time.monotonic() and key.last_error is None and key.status() == "active"
+    assert len([seen for seen in fake.requests if seen.path == "/v1/chat/completions"]) == 1
+    _, samples = await scrape(proxy, http)
+    assert samples["silicon_pool_upstream_connection_timeouts_total"][()] == 1
+    assert samples["silicon_pool_upstream_connections"][()] == 1
+    await stalled.close()  # the stream's client leaves: its connection goes, and with it the slot
+    fake.stall_after_chunks = None
+    answer = await client.chat.completions.create(model=CHAT, messages=MESSAGES)
+    assert answer.choices[0].message.content
+    rows = await proxy.calls()
+    exhausted = [row for row in rows if row["status"] == 503]
+    assert len(exhausted) == 1 and exhausted[0]["key_id"] is None
+    assert "max_upstream_connections" in exhausted[0]["error"]
