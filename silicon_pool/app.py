@@ -36,6 +36,7 @@ from .typedefs import (
     ACCOUNT,
     CATALOG,
     CHECKER,
+    CLIENT,
     CONFIG,
     HOSTS,
     JOBS,
@@ -114,9 +115,15 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
 
 async def _upstream(app: web.Application) -> AsyncIterator[None]:
     """The upstream clients (the proxy's lean one, aiohttp for the admin), and what talks through them."""
-    session, client = make_session(), Http1Client()
     pool, settings, store = app[POOL], app[SETTINGS], app[STORE]
-    app[UPSTREAM] = session
+    session, client = make_session(), Http1Client(max_connections=settings.max_upstream_connections)
+
+    def follow(changed: set[str]) -> None:
+        if "max_upstream_connections" in changed:
+            client.set_limit(settings.max_upstream_connections)
+
+    settings.subscribe(follow)
+    app[UPSTREAM], app[CLIENT] = session, client
     app[CATALOG] = ModelCatalog(session, pool, settings)
     app[PROXY] = Proxy(pool, settings, store, client, app[HOSTS], app[CATALOG], app[METRICS])
     app[CHECKER] = BalanceChecker(session, settings)

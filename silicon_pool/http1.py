@@ -13,6 +13,10 @@ The upstream is not trusted: its framing is checked to the letter of RFC 9112 (a
 on a reused connection is one desync away from handing one answer's bytes to another caller),
 and no answer can make the proxy hold more than about HIGH_WATER bytes of it, however well it
 compresses, unless the reader asks for the whole body, and then only up to the reader's limit.
+
+Connections are bounded too (busy, idle and being opened together): past the limit a request
+waits in line, within its connect_timeout, for one to come free, so a burst of clients cannot
+open more sockets than the machine or the upstream allows.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import asyncio
 import re
 import ssl
 import zlib
+from collections import OrderedDict
 from typing import NamedTuple, Protocol, cast
 
 from yarl import URL
@@ -72,6 +77,11 @@ class UpstreamTimeout(UpstreamError, TimeoutError):
 
 class AnswerTooLarge(UpstreamError):
     """The body is larger than the reader's limit (counted after gzip is undone): it was given up."""
+
+
+class PoolExhausted(UpstreamError):
+    """Every connection the limit allows stayed busy for connect_timeout: the proxy's own limit,
+    not the upstream's or a key's doing."""
 
 
 class Target(NamedTuple):
@@ -704,15 +714,32 @@ def _find(buf: bytearray, end_mark: bytes, pos: int, what: str) -> int:
 
 
 class Http1Client:
-    """Keep-alive connections per origin and one watchdog timer; made once per process."""
+    """Keep-alive connections per origin, at most `max_connections` open at once, and one watchdog
+    timer; made once per process."""
 
-    def __init__(self, ssl_context: ssl.SSLContext | None = None) -> None:
+    def __init__(self, ssl_context: ssl.SSLContext | None = None, *, max_connections: int) -> None:
         self.loop = asyncio.get_running_loop()
         self._ssl = ssl_context
         self._idle: dict[tuple[str, int, bool], dict[_Connection, None]] = {}
         self.busy: set[_Connection] = set()
+        self._limit = max_connections
+        self._open = 0  # connections counted against the limit (busy, idle, handed over) and connects under way
+        self._counted: set[_Connection] = set()  # the connections among them, each freeing its slot once
+        # Requests in line for a connection, first come first served: each future gets a connection
+        # parked for its origin, or None for a slot kept for it to connect.
+        self._waiters: OrderedDict[asyncio.Future[_Connection | None], tuple[str, int, bool]] = OrderedDict()
+        self.waited = 0  # requests that found every connection busy and waited in line
+        self.pool_timeouts = 0  # of those, the ones that gave up at connect_timeout (PoolExhausted)
         self._watch = self.loop.call_later(WATCH_SECONDS, self._check)
         self._closed = False
+
+    @property
+    def open_connections(self) -> int:
+        return self._open
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiters)
 
     async def request(
         self,
@@ -726,25 +753,42 @@ class Http1Client:
     ) -> Answer:
         """Send a request and return its answer once the head has arrived.
 
-        A keep-alive connection the upstream closed while it sat idle is replaced by a new
-        one; any other failure is raised for the caller to decide (another key, an error)."""
+        A keep-alive connection the upstream closed while it sat idle is replaced by
+        another; any other failure is raised for the caller to decide (another key, an error).
+        Waiting for a free connection and connecting share connect_timeout."""
         message = self._message(method, target, headers, body)
         no_body = method == "HEAD"
-        conn = self._reuse(target.origin)
-        if conn is not None:
+        conn = None if self._waiters else self._reuse(target.origin)  # with others in line, behind them
+        deadline = None
+        while True:
+            if conn is None:
+                if deadline is None:
+                    deadline = self.loop.time() + connect_timeout
+                conn = await self._connection(target, deadline)
+            kept_alive = conn.requests > 0
             try:
                 return await conn.send(message, no_body, read_timeout)
             except Disconnected:
-                if conn.got_bytes:
+                if conn.got_bytes or not kept_alive:
                     raise
-        conn = await self._connect(target, connect_timeout)
-        return await conn.send(message, no_body, read_timeout)
+            conn = None
+
+    def set_limit(self, max_connections: int) -> None:
+        """A new limit, at once: more room goes to those in line; idle connections over it close."""
+        self._limit = max_connections
+        while self._open > max_connections and (conn := self._any_idle()) is not None:
+            conn.close()
+        self._grant()
 
     async def close(self) -> None:
-        """Close every connection; requests in flight fail with Disconnected."""
+        """Close every connection; requests in flight fail with Disconnected, those in line with ConnectFailed."""
         self._closed = True
         self._watch.cancel()
-        for conn in [*self.busy, *(c for idle in self._idle.values() for c in idle)]:
+        waiters, self._waiters = self._waiters, OrderedDict()
+        for future in waiters:
+            if not future.done():
+                future.set_exception(ConnectFailed("the client is closed"))
+        for conn in [*self._counted]:
             conn.close()
         await asyncio.sleep(0)  # let the transports finish closing
 
@@ -761,23 +805,82 @@ class Http1Client:
         message = text.encode("utf-8", "surrogateescape")
         return message + body if body else message
 
+    @staticmethod
+    def _usable(conn: _Connection) -> bool:
+        return not (conn.closed or conn.paused or conn.transport is None or conn.transport.is_closing())
+
     def _reuse(self, origin: tuple[str, int, bool]) -> _Connection | None:
         """The most recently used idle connection to `origin` (the one most likely still open)."""
         idle = self._idle.get(origin)
         while idle:
             conn = idle.popitem()[0]
-            if not (conn.closed or conn.paused or conn.transport is None or conn.transport.is_closing()):
+            if self._usable(conn):
                 return conn
             conn.close()
         return None
 
-    async def _connect(self, target: Target, connect_timeout: float) -> _Connection:
-        if self._closed:
-            raise ConnectFailed("the client is closed")
-        host, port, tls = target.origin
-        context = (self._ssl or _default_ssl()) if tls else None
+    def _any_idle(self) -> _Connection | None:
+        return next((conn for idle in self._idle.values() for conn in idle), None)
+
+    async def _connection(self, target: Target, deadline: float) -> _Connection:
+        """A new connection while there is room; at the limit, in line behind the requests that came
+        first, whichever frees first: a connection parked for this origin, or a slot to connect in."""
+        while True:
+            if not self._waiters and self._room():
+                self._open += 1
+                return await self._connect(target, deadline)
+            conn = await self._wait(target.origin, deadline)
+            if conn is None:
+                try:
+                    return await self._connect(target, deadline)
+                except UpstreamTimeout:  # what the wait left of connect_timeout was not enough: no key's fault
+                    raise self._exhausted() from None
+            if self._usable(conn):
+                return conn
+            conn.close()  # it broke on the way over: its slot goes to the next in line
+
+    def _room(self) -> bool:
+        """Below the limit, once idle connections (to other origins: the caller found none to its own)
+        are closed as needed: a request never waits while an idle connection holds its slot."""
+        while self._open >= self._limit:
+            conn = self._any_idle()
+            if conn is None:
+                return False
+            conn.close()
+        return True
+
+    async def _wait(self, origin: tuple[str, int, bool], deadline: float) -> _Connection | None:
+        """In line until a connection parked for `origin` (returned) or a slot (None: kept for the
+        caller) comes free; PoolExhausted at `deadline`. A caller that leaves hands on what it was given."""
+        future: asyncio.Future[_Connection | None] = self.loop.create_future()
+        self._waiters[future] = origin
+        self.waited += 1
         try:
-            async with asyncio.timeout(connect_timeout):
+            async with asyncio.timeout_at(deadline):
+                return await future
+        except BaseException as exc:
+            if self._waiters.pop(future, None) is None and _given(future):
+                conn = future.result()
+                if conn is None:
+                    self._release()
+                elif not conn.closed:
+                    self._park(conn)
+            if isinstance(exc, TimeoutError):
+                raise self._exhausted() from None
+            raise
+
+    def _exhausted(self) -> PoolExhausted:
+        self.pool_timeouts += 1
+        return PoolExhausted(f"no connection to the upstream came free in time ({self._limit} allowed)")
+
+    async def _connect(self, target: Target, deadline: float) -> _Connection:
+        """A new connection in a slot already counted, which a failure frees."""
+        host, port, tls = target.origin
+        try:
+            if self._closed:
+                raise ConnectFailed("the client is closed")
+            context = (self._ssl or _default_ssl()) if tls else None
+            async with asyncio.timeout_at(deadline):
                 _, conn = await self.loop.create_connection(
                     lambda: _Connection(self, target.origin),
                     host,
@@ -785,15 +888,38 @@ class Http1Client:
                     ssl=context,
                     server_hostname=host if tls else None,
                 )
-        except TimeoutError:
-            raise UpstreamTimeout(f"connecting to {target.host_header} timed out") from None
-        except OSError as exc:  # refused, unknown host, TLS failures (ssl.SSLError is an OSError)
-            raise ConnectFailed(f"cannot connect to {target.host_header}: {exc}") from exc
+        except BaseException as exc:
+            self._release()
+            if isinstance(exc, TimeoutError):
+                raise UpstreamTimeout(f"connecting to {target.host_header} timed out") from None
+            if isinstance(exc, OSError):  # refused, unknown host, TLS failures (ssl.SSLError is an OSError)
+                raise ConnectFailed(f"cannot connect to {target.host_header}: {exc}") from exc
+            raise
+        if conn.closed:  # lost before this resumed, uncounted: its slot is freed here
+            self._release()
+        else:
+            self._counted.add(conn)
         return conn
 
     def _park(self, conn: _Connection) -> None:
+        """An answer ended on `conn`: the first in line takes it (or the slot it frees), else it waits idle."""
         self.busy.discard(conn)
         conn.last_read = self.loop.time()
+        if self._open > self._limit:  # the limit came down: connections over it close as they end
+            conn.close()
+            return
+        waiters = self._waiters
+        while waiters:
+            future, origin = next(iter(waiters.items()))
+            if future.done():  # its caller left and has yet to wake up
+                del waiters[future]
+            elif origin == conn.origin:
+                del waiters[future]
+                future.set_result(conn)
+                return
+            else:
+                conn.close()
+                return
         self._idle.setdefault(conn.origin, {})[conn] = None
 
     def _forget(self, conn: _Connection) -> None:
@@ -801,6 +927,24 @@ class Http1Client:
         idle = self._idle.get(conn.origin)
         if idle is not None:
             idle.pop(conn, None)
+        if conn in self._counted:
+            self._counted.remove(conn)
+            self._release()
+
+    def _release(self) -> None:
+        """A slot is free: the first in line takes it."""
+        self._open -= 1
+        if self._waiters:
+            self._grant()
+
+    def _grant(self) -> None:
+        """Slots below the limit go to those in line, in order."""
+        waiters = self._waiters
+        while waiters and self._open < self._limit:
+            future, _ = waiters.popitem(last=False)
+            if not future.done():  # else its caller left and has yet to wake up
+                self._open += 1
+                future.set_result(None)
 
     def _check(self) -> None:
         """Time out answers that went silent; close connections idle too long."""
@@ -814,6 +958,11 @@ class Http1Client:
                 conn.close()
         if not self._closed:
             self._watch = self.loop.call_later(WATCH_SECONDS, self._check)
+
+
+def _given(future: asyncio.Future[_Connection | None]) -> bool:
+    """The future holds a connection or a slot (not a cancellation or the client's closing)."""
+    return future.done() and not future.cancelled() and future.exception() is None
 
 
 _DEFAULT_SSL: list[ssl.SSLContext] = []

@@ -2,10 +2,11 @@
 
 The request path pays a few dict increments: per request, fed from its call-log row as the proxy
 queues it (count, latency, time to first byte), and per upstream attempt. Keys by state, rests,
-and the writer's backlog are read from the pool and the store when Prometheus scrapes. Series
-stay few whatever the traffic: no per-key series, endpoints outside the known ones count as
-"other", and a model gets a label of its own only once the upstream served it (at most
-MAX_MODELS), so ids a client makes up never become series.
+the writer's backlog and the upstream connections are read from the pool, the store and the
+upstream client when Prometheus scrapes. Series stay few whatever the traffic: no per-key
+series, endpoints outside the known ones count as "other", and a model gets a label of its own
+only once the upstream served it (at most MAX_MODELS), so ids a client makes up never become
+series.
 
 Access: with a `metrics_token`, a scrape must send it as Bearer; without one, only this machine
 (a loopback address) may scrape.
@@ -22,11 +23,12 @@ from collections.abc import Iterable
 
 from aiohttp import web
 
+from .http1 import Http1Client
 from .keys import Key
 from .pool import KeyPool
 from .settings import Settings
 from .store import CallRecord, Store
-from .typedefs import METRICS, POOL, SETTINGS, STORE
+from .typedefs import CLIENT, METRICS, POOL, SETTINGS, STORE
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 BUCKETS_MS = (25, 50, 100, 250, 500, 1000, 2500, 5000, 10_000, 30_000, 60_000, 120_000, 300_000)
@@ -94,7 +96,7 @@ class Metrics:
             label = self._models[model] = model
         return label
 
-    def render(self, pool: KeyPool, store: Store) -> str:
+    def render(self, pool: KeyPool, store: Store, client: Http1Client) -> str:
         """Everything, in the text exposition format."""
         out: list[str] = []
         requests = (((("endpoint", e), ("model", m), ("status", str(s))), n) for (e, m, s), n in self.requests.items())
@@ -116,6 +118,13 @@ class Metrics:
         )
         _family(out, "silicon_pool_writer_queue_depth", "gauge", QUEUE, [((), store.queue_depth())])
         _family(out, "silicon_pool_log_rows_dropped_total", "counter", DROPPED, [((), store.dropped_rows)])
+        for name, type_, help_, value in (
+            ("silicon_pool_upstream_connections", "gauge", CONNECTIONS, client.open_connections),
+            ("silicon_pool_upstream_connection_waiters", "gauge", WAITERS, client.waiting),
+            ("silicon_pool_upstream_connection_waits_total", "counter", WAITS, client.waited),
+            ("silicon_pool_upstream_connection_timeouts_total", "counter", POOL_TIMEOUTS, client.pool_timeouts),
+        ):
+            _family(out, name, type_, help_, [((), value)])
         return "".join(out)
 
 
@@ -124,6 +133,10 @@ FAILOVERS = "Failed upstream attempts followed by an attempt with another key, b
 RESTS = "Rate-limit rests running (of a key or a whole account), by model and kind."
 QUEUE = "Items (batches of call-log rows and key changes, or jobs) waiting for the database writer."
 DROPPED = "Call-log rows the writer could not store (values it cannot write, or a failed commit)."
+CONNECTIONS = "Connections to the upstream open or being opened (at most max_upstream_connections)."
+WAITERS = "Requests waiting for a connection to the upstream, all of max_upstream_connections being busy."
+WAITS = "Requests that had to wait for a connection to the upstream."
+POOL_TIMEOUTS = "Requests that got no connection to the upstream within connect_timeout (answered 503)."
 
 
 def _key_states(keys: Iterable[Key]) -> list[tuple[str, int]]:
@@ -193,5 +206,5 @@ async def scrape(request: web.Request) -> web.Response:
         if settings.metrics_token:
             return web.Response(status=401, text=message, headers={"WWW-Authenticate": "Bearer"})
         return web.Response(status=403, text=message)
-    text = request.app[METRICS].render(request.app[POOL], request.app[STORE])
+    text = request.app[METRICS].render(request.app[POOL], request.app[STORE], request.app[CLIENT])
     return web.Response(text=text, headers={"Content-Type": CONTENT_TYPE, "Cache-Control": "no-store"})

@@ -24,7 +24,16 @@ import orjson
 from aiohttp import web
 
 from .hosts import HostCheck
-from .http1 import Answer, AnswerTooLarge, Http1Client, ProtocolError, Target, UpstreamError, target
+from .http1 import (
+    Answer,
+    AnswerTooLarge,
+    Http1Client,
+    PoolExhausted,
+    ProtocolError,
+    Target,
+    UpstreamError,
+    target,
+)
 from .keys import MAX_ERROR, UNCHECKED, Key
 from .limits import (
     BUSY,
@@ -545,6 +554,8 @@ class Proxy:
                 )
             except BaseException as exc:
                 pool.release(key)
+                if isinstance(exc, PoolExhausted):  # the proxy's own limit: no key is to blame, none would help
+                    return self._pool_exhausted(call)
                 if not isinstance(exc, UPSTREAM_FAILURES):
                     raise
                 self.metrics.attempt(outcome_of_last := _failure(exc))
@@ -597,6 +608,17 @@ class Proxy:
             return False
         self.pool.cool(key, self.settings.cooldown_seconds, failures[-1])
         return True
+
+    def _pool_exhausted(self, call: _Call) -> web.Response:
+        """503: every connection to the upstream the limit allows stayed busy for connect_timeout."""
+        call.key = None
+        limit, wait = self.settings.max_upstream_connections, self.settings.connect_timeout
+        message = (
+            f"All {limit} connections to the upstream (max_upstream_connections) stayed busy for {wait:g}s "
+            f"(connect_timeout); retry shortly (到上游的 {limit} 个连接在 {wait:g} 秒内一直全部占用，请稍后重试)"
+        )
+        self._log(call, 503, None, error=message)
+        return openai_error(503, message, "service_unavailable", "upstream_connections_busy", {"Retry-After": "1"})
 
     def _penalise(
         self, key: Key, call: _Call, outcome: Outcome, upstream: Answer, answer: bytes, error: str, picked_zero: bool

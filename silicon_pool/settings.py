@@ -408,6 +408,17 @@ class Settings:
         Words("读取超时（两次读取间最长静默，秒）", "Read timeout (longest silence, s)"),
         Words("上游两次发来数据之间允许的最长静默", "Longest silence allowed between two reads from the upstream"),
     )
+    max_upstream_connections = Integer(
+        512,
+        1,
+        100_000,
+        Words("到上游的最大连接数", "Upstream connections (most at once)"),
+        Words(
+            "忙碌、空闲与正在建立的连接合计；用满时请求按到达顺序排队，在连接超时内仍无空闲连接则返回 503，不怪罪 Key",
+            "Busy, idle and opening ones together; when all are in use, requests queue in arrival order and "
+            "get a 503 (blaming no key) if none comes free within the connect timeout",
+        ),
+    )
     max_body_mb = Integer(
         64,
         1,

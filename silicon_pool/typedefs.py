@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from .config import Config
     from .crypto import Secrets
     from .hosts import HostCheck
+    from .http1 import Http1Client
     from .jobs import Jobs
     from .lifecycle import KeyLifecycle
     from .metrics import Metrics
@@ -33,6 +34,7 @@ STORE: web.AppKey[Store] = web.AppKey("store")
 SETTINGS: web.AppKey[Settings] = web.AppKey("settings")
 POOL: web.AppKey[KeyPool] = web.AppKey("pool")
 UPSTREAM: web.AppKey[aiohttp.ClientSession] = web.AppKey("upstream")
+CLIENT: web.AppKey[Http1Client] = web.AppKey("client")  # the proxy's own, to the upstream
 PROXY: web.AppKey[Proxy] = web.AppKey("proxy")
 CHECKER: web.AppKey[BalanceChecker] = web.AppKey("checker")
 LIFECYCLE: web.AppKey[KeyLifecycle] = web.AppKey("lifecycle")

@@ -44,6 +44,7 @@ from silicon_pool.http1 import (
 Script = Callable[["Upstream", asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 Body = Callable[["Upstream", Http1Client], Awaitable[None]]
 OK = b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 7\r\n\r\n{"a":1}'
+LIMIT = 64  # connections a test's client may open, unless the test sets its own
 
 
 class Upstream:
@@ -100,7 +101,7 @@ def run(request: pytest.FixtureRequest) -> Callable[..., None]:
             asyncio.get_running_loop().set_exception_handler(lambda loop, context: escaped.append(context))
             upstream = Upstream(script)
             await upstream.start(tls)
-            client = Http1Client(trust)
+            client = Http1Client(trust, max_connections=LIMIT)
             try:
                 async with asyncio.timeout(20):
                     await body(upstream, client)
@@ -587,7 +588,7 @@ def test_a_head_that_never_comes_times_out(run) -> None:
 
 def test_a_new_connection_the_upstream_closed_before_the_request_is_disconnected(run) -> None:
     async def body(upstream: Upstream, client: Http1Client) -> None:
-        conn = await client._connect(target(upstream.url()), 2)
+        conn = await client._connection(target(upstream.url()), asyncio.get_running_loop().time() + 2)
         await asyncio.sleep(0.1)  # the upstream hung up at once
         with pytest.raises(Disconnected):
             await conn.send(b"GET / HTTP/1.1\r\n\r\n", False, 5)
@@ -832,7 +833,7 @@ def test_https_checks_the_certificate_and_the_name(run, tmp_path: Path) -> None:
         assert upstream.requests[0].startswith(b"GET /v1/models HTTP/1.1\r\nHost: localhost:")
         with pytest.raises(ConnectFailed, match="certificate"):  # the right certificate, the wrong name
             await send(client, upstream.url("/v1/models", "127.0.0.1", "https"), b"", "GET")
-        stranger = Http1Client()  # the system's CAs do not know this certificate
+        stranger = Http1Client(max_connections=LIMIT)  # the system's CAs do not know this certificate
         with pytest.raises(ConnectFailed, match="certificate"):
             await send(stranger, upstream.url("/v1/models", "localhost", "https"), b"", "GET")
         await stranger.close()

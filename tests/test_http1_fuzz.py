@@ -281,7 +281,7 @@ async def _first(client: Http1Client, upstream: Upstream, case: Case) -> bytes |
 
 async def _example(upstream: Upstream, case: Case) -> None:
     upstream.case = case
-    client = Http1Client()
+    client = Http1Client(max_connections=4)
     try:
         started = time.monotonic()
         try:

@@ -122,7 +122,8 @@ def test_label_values_are_escaped_as_the_format_says() -> None:
 
     pool = SimpleNamespace(keys={}, live_rests=list)
     store = SimpleNamespace(dropped_rows=0, queue_depth=lambda: 0)
-    _, samples = parse(metrics.render(pool, store))  # type: ignore[arg-type]
+    client = SimpleNamespace(open_connections=0, waiting=0, waited=0, pool_timeouts=0)
+    _, samples = parse(metrics.render(pool, store, client))  # type: ignore[arg-type]
     [labels] = samples["silicon_pool_requests_total"]
     assert dict(labels)["model"] == odd
 
