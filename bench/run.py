@@ -5,8 +5,10 @@
     python bench/run.py --only streams   # only the proxies' CPU per request and per event (about 2 minutes)
 
 Everything runs on 127.0.0.1: a fast fake upstream (bench/upstream.py), the bare reference
-proxy (bench/bare_proxy.py), silicon-pool itself (`python run.py`), and wrk as the load
-generator (Debian package `wrk`; an aiohttp client measures the slow streams). Beside req/s,
+proxy (bench/bare_proxy.py), a TCP pipe that knows no HTTP (bench/tcp_pipe.py: what the kernel
+charges for a read and a write, the floor of any relay), silicon-pool itself (`python run.py`),
+and wrk as the load generator (Debian package `wrk`; an aiohttp client measures the slow
+streams). Beside req/s,
 each proxy's CPU (utime + stime from /proc/<pid>/stat) per request and per event: on two
 shared cores req/s mostly measures the scheduler, CPU per request served is the stable figure.
 """
@@ -497,6 +499,10 @@ def main() -> None:
     bare = spawn(
         "bare proxy", "bench/bare_proxy.py", "--port", str(bare_port), "--upstream", upstream_v1, port=bare_port
     )
+    pipe_port = free_port()
+    pipe = spawn(
+        "tcp pipe", "bench/tcp_pipe.py", "--port", str(pipe_port), "--upstream-port", str(up_port), port=pipe_port
+    )
     small, large, logs, imports = (work / n for n in ("small", "large", "logs", "import"))
     seed(small, 10, upstream=upstream_v1)
     slow_events = max(20, round(args.duration / SLOW_GAP))  # a slow stream lasts about one load phase
@@ -504,12 +510,13 @@ def main() -> None:
         # 1. throughput, latency and CPU, side by side; 2. slow streams: the delay each proxy adds to an event
         with silicon_pool(small, upstream_v1) as (sp, _):
             direct, reference = Target("direct to upstream", upstream, cpu=False), Target("bare proxy", bare)
+            floor = Target("tcp pipe (the floor)", pipe)
             inflight = Target("silicon-pool (least_inflight)", sp, "least_inflight")
             pools = [Target(f"silicon-pool ({s})", sp, s) for s in ("random", "least_used")] + [inflight]
             if args.only:
-                runs = load_runs([reference, inflight], CPU_SCENARIOS, args.duration, work)
+                runs = load_runs([reference, floor, inflight], CPU_SCENARIOS, args.duration, work)
             else:
-                runs = load_runs([direct, reference, *pools], SCENARIOS, args.duration, work)
+                runs = load_runs([direct, reference, floor, *pools], SCENARIOS, args.duration, work)
             slow = slow_stream_runs([direct, reference, inflight], slow_events)
             small_peak = sp.peak_mb()
         load_tables(runs)
@@ -579,6 +586,7 @@ def main() -> None:
         )
     finally:
         bare.stop()
+        pipe.stop()
         upstream.stop()
         shutil.rmtree(work, ignore_errors=True)
     pick_report(keys=args.keys)  # in-process: the pick cost with keys resting for a model
