@@ -129,10 +129,9 @@ class ResponseParser:
             state = self._state
             if state == _CHUNK_SIZE_LINE:  # first: a stream's events come one chunk a read
                 end = data.find(b"\r\n", pos)
-                if end < 0 or end - pos > MAX_HEAD:  # rarely: let _find tell unfinished from too long
-                    end = _find(data, pos, state)
-                    if end < 0:
-                        break
+                if end < 0 or end - pos > MAX_HEAD:  # rarely: _find refuses a line too long, or it is unfinished
+                    _find(data, pos, state)
+                    break
                 match = _CHUNK_LINE.fullmatch(data, pos, end)
                 if match is None:
                     raise ProtocolError(f"a bad chunk-size line: {data[pos : min(end, pos + 40)]!r}")
