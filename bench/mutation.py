@@ -59,6 +59,7 @@ DEFAULT_TESTS: dict[str, list[str]] = {
     "silicon_pool/http1.py": ["tests/test_pinned_http1.py", "tests/test_http1.py", "-k", "not uvloop and not slow"],
     "silicon_pool/http1_parser.py": [
         "tests/test_http1_parser.py",
+        "tests/test_http1_differential.py",
         "tests/test_pinned_http1.py",
         "tests/test_http1.py",
         "-k",
