@@ -9,10 +9,10 @@ line to the upstream, undone on the way). That part is here; one timer per clien
 connection for silence instead of one timer per read. The admin's few calls (balance checks,
 the model list) still go through aiohttp.
 
-The upstream is not trusted: its framing is checked to the letter of RFC 9112 (a lax parser
-on a reused connection is one desync away from handing one answer's bytes to another caller),
-and no answer can make the proxy hold more than about HIGH_WATER bytes of it, however well it
-compresses, unless the reader asks for the whole body, and then only up to the reader's limit.
+The upstream is not trusted: its framing is checked to the letter of RFC 9112 (by
+http1_parser.py, which reads the bytes this module's connections receive), and no answer can
+make the proxy hold more than about HIGH_WATER bytes of it, however well it compresses, unless
+the reader asks for the whole body, and then only up to the reader's limit.
 
 Connections are bounded too (busy, idle and being opened together): past the limit a request
 waits in line, within its connect_timeout, for one to come free, so a burst of clients cannot
@@ -22,7 +22,6 @@ open more sockets than the machine or the upstream allows.
 from __future__ import annotations
 
 import asyncio
-import re
 import ssl
 import zlib
 from collections import OrderedDict
@@ -30,33 +29,16 @@ from typing import NamedTuple, Protocol, cast
 
 from yarl import URL
 
-MAX_HEAD = 64 * 1024  # an answer head (status line and headers) larger than this is refused
+from .http1_parser import ProtocolError as ProtocolError
+from .http1_parser import ResponseParser
+from .http1_parser import UpstreamError as UpstreamError
+
 HIGH_WATER = 1024 * 1024  # answer bytes held for a slow reader before the upstream is paused
 MAX_GZIP_LAYERS = 2  # gzip applied more times than this is passed on as it came, headers and all
 LAYER_STEP = 64 * 1024  # bytes an inner gzip layer takes from the one around it at a time
 WATCH_SECONDS = 0.25  # how often silence is checked: timeouts fire up to this much late
 IDLE_SECONDS = 60.0  # an unused keep-alive connection is closed after this long
-NO_BODY_STATUSES = frozenset({204, 304})
 _GZIP = frozenset({"gzip", "x-gzip"})  # RFC 9110 §8.4.1.3: x-gzip is gzip
-
-# The grammar of RFC 9110 and 9112 as regular expressions, compiled once. The quantifiers are
-# possessive (no backtracking): every delimiter lies outside the class before it, so nothing a
-# backtrack could find is lost, and a refused 64 KiB line costs a linear scan.
-_TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]++"
-_TEXT = rb"[\t\x20-\x7e\x80-\xff]*+"  # a field value or reason phrase: no control byte but HTAB
-_QUOTED = rb'"(?:[\t !#-\[\]-~\x80-\xff]|\\[\t -~\x80-\xff])*+"'
-_STATUS_LINE = re.compile(rb"HTTP/1\.([01]) ([1-9][0-9][0-9])(?: " + _TEXT + rb")?+")
-_FIELD_LINE = re.compile(_TOKEN + rb":" + _TEXT)
-_FIELD_LINES = re.compile(rb"(?:\r\n" + _TOKEN + rb":" + _TEXT + rb")*+")  # a head's, after its status line
-_CHUNK_EXT = rb"[ \t]*+;[ \t]*+" + _TOKEN + rb"(?:[ \t]*+=[ \t]*+(?:" + _TOKEN + rb"|" + _QUOTED + rb"))?+"
-_CHUNK_LINE = re.compile(rb"([0-9A-Fa-f]{1,16})(?:" + _CHUNK_EXT + rb")*+")  # RFC 9112 §7.1 and §7.1.1
-
-# What the connection expects next from the upstream.
-_IDLE, _HEAD, _LENGTH, _CHUNK_SIZE_LINE, _CHUNK_DATA, _CHUNK_END, _TRAILER, _UNTIL_CLOSE = range(8)
-
-
-class UpstreamError(Exception):
-    """The upstream could not be reached, broke off, or answered something that is not HTTP/1.1."""
 
 
 class ConnectFailed(UpstreamError):
@@ -65,10 +47,6 @@ class ConnectFailed(UpstreamError):
 
 class Disconnected(UpstreamError):
     """The connection closed before the answer was complete."""
-
-
-class ProtocolError(UpstreamError):
-    """The upstream sent bytes that are not a valid HTTP/1.1 answer."""
 
 
 class UpstreamTimeout(UpstreamError, TimeoutError):
@@ -435,16 +413,13 @@ class _Gunzip:
 
 
 class _Connection(asyncio.Protocol):
-    """One keep-alive connection to an origin; parses answers as their bytes arrive."""
+    """One keep-alive connection to an origin: the socket, its place in the pool, flow control and
+    silence. The bytes go to a ResponseParser, which calls on_head, on_body and on_end back."""
 
     def __init__(self, client: Http1Client, origin: tuple[str, int, bool]) -> None:
         self.client, self.origin, self.loop = client, origin, client.loop
         self.transport: asyncio.Transport | None = None
-        self.buf = bytearray()  # bytes not yet parsed: a head, or chunked framing
-        self.state = _IDLE
-        self.remaining = 0  # body bytes still to come in the current length or chunk
-        self.keep_alive = False
-        self.no_body = False  # the request was HEAD: the answer has a head only
+        self.parser = ResponseParser(self)
         self.head_waiter: asyncio.Future[Answer] | None = None
         self.answer: Answer | None = None
         self.last_read = 0.0  # loop time of the last bytes received, or of sending the request
@@ -463,22 +438,16 @@ class _Connection(asyncio.Protocol):
         self.last_read = self.loop.time()
         self.got_bytes = True
         try:
-            if self.state == _LENGTH and not self.buf and len(data) <= self.remaining:
-                self._body(data)  # the usual case once the head is in: the bytes go straight through
-            else:
-                self.buf += data
-                self._parse()
+            self.parser.feed(data)
         except UpstreamError as exc:  # bad framing, a broken gzip body
             self._fail(exc)
-        except ValueError as exc:  # a number too long for int()
-            self._fail(ProtocolError(f"an unreadable answer: {exc}"))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.client._forget(self)
-        if self.state == _UNTIL_CLOSE and exc is None:
-            self._finish()
-        elif self.state != _IDLE:
+        if exc is None:
+            self.parser.feed_eof()  # which ends an answer framed by the connection's end
+        if self.parser.expecting:
             if self.head_waiter is not None:
                 self._fail(Disconnected("the upstream closed the connection before answering"))
             else:
@@ -490,6 +459,35 @@ class _Connection(asyncio.Protocol):
     def resume_writing(self) -> None:
         """See pause_writing."""
 
+    # -- the parser's callbacks ---------------------------------------------------------------
+
+    def on_head(
+        self, status: int, headers: list[tuple[str, str]], content_type: str | None, codings: list[str]
+    ) -> None:
+        layers = _gzip_layers(codings) if codings else 0
+        if layers:  # undone here, so the headers go: the client gets plain bytes
+            headers = [header for header in headers if header[0].lower() != "content-encoding"]
+        answer = self.answer = Answer(self, status, headers, content_type, layers)
+        waiter, self.head_waiter = self.head_waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(answer)
+
+    def on_body(self, data: bytes) -> None:
+        answer = self.answer
+        assert answer is not None  # on_head made it; a failure stops the parser
+        answer._feed(data)  # a broken gzip body raises ProtocolError, for data_received
+
+    def on_end(self, keep_alive: bool) -> None:
+        """The answer is complete: the connection goes back to the pool, or closes."""
+        answer, self.answer = self.answer, None
+        assert answer is not None
+        answer._end()  # which may find the gzip body broken or cut short
+        if keep_alive and not self.closed and answer._checked():
+            self.resume()  # a pause was for the answer's reader; the next answer must be read
+            self.client._park(self)
+        else:
+            self.close()
+
     # -- requests -----------------------------------------------------------------------------
 
     async def send(self, message: bytes, no_body: bool, read_timeout: float) -> Answer:
@@ -497,7 +495,8 @@ class _Connection(asyncio.Protocol):
         transport = self.transport
         if self.closed or transport is None or transport.is_closing():
             raise Disconnected("the upstream closed the connection before answering")
-        self.state, self.no_body, self.read_timeout = _HEAD, no_body, read_timeout
+        self.parser.expect(no_body)
+        self.read_timeout = read_timeout
         self.got_bytes = False
         self.last_read = self.loop.time()
         self.requests += 1
@@ -511,7 +510,7 @@ class _Connection(asyncio.Protocol):
         except BaseException:
             # Cancelled or failed half way, the connection's state is unknown: close it. Unless the
             # answer already ended and the connection has moved on (parked, or serving another request).
-            if self.requests == mine and self.state != _IDLE:
+            if self.requests == mine and self.parser.expecting:
                 self.close()
             raise
 
@@ -533,11 +532,11 @@ class _Connection(asyncio.Protocol):
             self.closed = True
             if self.transport is not None:
                 self.transport.abort()
-        if self.state != _IDLE:
+        if self.parser.expecting:
             self._fail(Disconnected("the connection was closed"))
 
     def _fail(self, error: UpstreamError) -> None:
-        self.state = _IDLE
+        self.parser.reset()
         waiter, self.head_waiter = self.head_waiter, None
         if waiter is not None and not waiter.done():
             waiter.set_exception(error)
@@ -545,143 +544,6 @@ class _Connection(asyncio.Protocol):
         if answer is not None:
             answer._fail(error)
         self.close()
-
-    # -- parsing ------------------------------------------------------------------------------
-
-    def _parse(self) -> None:
-        """Consume what `buf` holds: a head, then the body in whatever framing the head chose."""
-        buf, pos = self.buf, 0
-        while pos < len(buf):
-            state = self.state
-            if state == _HEAD:
-                end = _find(buf, b"\r\n\r\n", pos, "the answer's head")
-                if end < 0:
-                    break
-                head, pos = bytes(buf[pos:end]), end + 4
-                self._head(head)
-            elif state in (_LENGTH, _CHUNK_DATA):
-                take = min(self.remaining, len(buf) - pos)
-                data, pos = bytes(buf[pos : pos + take]), pos + take
-                self._body(data)
-            elif state in (_CHUNK_SIZE_LINE, _TRAILER):
-                end = _find(buf, b"\r\n", pos, "a chunk-size or trailer line")
-                if end < 0:
-                    break
-                line, pos = bytes(buf[pos:end]), end + 2
-                if state == _TRAILER:
-                    if not line:
-                        self._finish()
-                    elif not _FIELD_LINE.fullmatch(line):
-                        raise ProtocolError(f"a malformed trailer line: {line[:40]!r}")
-                else:
-                    self._chunk_size(line)
-            elif state == _CHUNK_END:
-                if len(buf) - pos < 2:
-                    break
-                if buf[pos : pos + 2] != b"\r\n":
-                    raise ProtocolError("a chunk does not end with CRLF")
-                pos += 2
-                self.state = _CHUNK_SIZE_LINE
-            elif state == _UNTIL_CLOSE:
-                data, pos = bytes(buf[pos:]), len(buf)
-                self._deliver(data)
-            else:  # bytes after a complete answer, or for no request: the connection is not trusted again
-                self.close()
-                pos = len(buf)
-        del buf[:pos]
-
-    def _head(self, head: bytes) -> None:
-        status_line, _, fields = head.partition(b"\r\n")
-        version = _STATUS_LINE.fullmatch(status_line)
-        if version is None:
-            raise ProtocolError(f"not an HTTP/1.0 or HTTP/1.1 status line: {status_line[:40]!r}")
-        if not _FIELD_LINES.fullmatch(head, len(status_line)):  # names are tokens; no CR, LF or NUL
-            raise ProtocolError(f"a malformed header line: {_bad_field_line(fields)[:40]!r}")
-        status = int(version[2])
-        if 100 <= status < 200:
-            if status == 101:
-                raise ProtocolError("the upstream switched protocols")
-            return  # an interim answer (103 Early Hints…): the real one follows
-        headers: list[tuple[str, str]] = []
-        content_type = length = encoding = connection = None
-        codings: list[str] = []
-        for line in fields.split(b"\r\n") if fields else ():
-            name, _, value = line.partition(b":")
-            text = value.strip(b" \t").decode("utf-8", "surrogateescape")
-            key = name.decode("latin-1")
-            headers.append((key, text))
-            lower = key.lower()
-            if lower == "content-type":
-                content_type = text
-            elif lower == "content-length":
-                if length is not None and length != text:
-                    raise ProtocolError("two different Content-Length headers")
-                length = text
-            elif lower == "transfer-encoding":
-                encoding = text if encoding is None else f"{encoding}, {text}"
-            elif lower == "connection":
-                connection = text.lower()
-            elif lower == "content-encoding":
-                codings.append(text)
-        self.keep_alive = version[1] == b"1" and not (connection and "close" in connection)
-        no_body = self.no_body or status in NO_BODY_STATUSES
-        layers = _gzip_layers(codings) if codings and not no_body else 0
-        if layers:  # undone here, so the headers go: the client gets plain bytes
-            headers = [header for header in headers if header[0].lower() != "content-encoding"]
-        answer = self.answer = Answer(self, status, headers, content_type, layers)
-        if no_body:
-            self._finish()
-        elif encoding is not None:
-            if encoding.strip().lower() != "chunked":  # we sent no TE: any other coding is not ours to undo
-                raise ProtocolError(f"a transfer coding other than chunked: {encoding[:40]!r}")
-            if length is not None:  # both framings: a smuggling risk, never reused (RFC 9112 §6.3)
-                self.keep_alive = False
-            self.state = _CHUNK_SIZE_LINE
-        elif length is not None:
-            if not (length.isascii() and length.isdigit()):
-                raise ProtocolError(f"a bad Content-Length: {length[:20]!r}")
-            self.remaining = int(length)
-            self.state = _LENGTH
-            if not self.remaining:
-                self._finish()
-        else:
-            self.state, self.keep_alive = _UNTIL_CLOSE, False
-        waiter, self.head_waiter = self.head_waiter, None
-        if waiter is not None and not waiter.done():
-            waiter.set_result(answer)
-
-    def _chunk_size(self, line: bytes) -> None:
-        match = _CHUNK_LINE.fullmatch(line)
-        if match is None:
-            raise ProtocolError(f"a bad chunk-size line: {line[:40]!r}")
-        self.remaining = int(match[1], 16)
-        self.state = _CHUNK_DATA if self.remaining else _TRAILER
-
-    def _body(self, data: bytes) -> None:
-        """Body bytes of a length-framed answer or of one chunk."""
-        self.remaining -= len(data)
-        self._deliver(data)
-        if not self.remaining:
-            if self.state == _LENGTH:
-                self._finish()
-            else:
-                self.state = _CHUNK_END
-
-    def _deliver(self, data: bytes) -> None:
-        if data and self.answer is not None:
-            self.answer._feed(data)
-
-    def _finish(self) -> None:
-        """The answer is complete: the connection goes back to the pool, or closes."""
-        self.state = _IDLE
-        answer, self.answer = self.answer, None
-        if answer is not None:
-            answer._end()  # which may find the gzip body broken or cut short
-        if self.keep_alive and not self.closed and (answer is None or answer._checked()):
-            self.resume()  # a pause was for the answer's reader; the next answer must be read
-            self.client._park(self)
-        else:
-            self.close()
 
 
 def _again(error: UpstreamError) -> UpstreamError:
@@ -698,19 +560,6 @@ def _gzip_layers(values: list[str]) -> int:
     if len(codings) > MAX_GZIP_LAYERS or not _GZIP.issuperset(codings):
         return 0
     return len(codings)
-
-
-def _bad_field_line(fields: bytes) -> bytes:
-    """The first header line that is not `token ":" field-value`, for the error."""
-    return next((line for line in fields.split(b"\r\n") if not _FIELD_LINE.fullmatch(line)), fields)
-
-
-def _find(buf: bytearray, end_mark: bytes, pos: int, what: str) -> int:
-    """Where `end_mark` starts at or after `pos`; -1 while more bytes may complete it."""
-    end = buf.find(end_mark, pos)
-    if end < 0 and len(buf) - pos > MAX_HEAD:
-        raise ProtocolError(f"{what} is over 64 KiB")
-    return end
 
 
 class Http1Client:
