@@ -1,0 +1,58 @@
+"""The streaming relay and the connection bound under attack: a hostile upstream, odd clients.
+
+Each attack ends with the same check: the key's inflight count and the client's connection
+slots come back, whatever path the request ended on. On asyncio's loop and on uvloop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from silicon_pool.typedefs import PROXY
+from tests.conftest import Running, StartProxy
+from tests.fake_upstream import FakeUpstream
+from tests.test_stream_relay import (
+    SSE_HEAD,
+    OpenStream,
+    ScriptedUpstream,
+    chunk,
+    event,
+    open_stream,
+    read_body,
+    started,
+)
+
+__all__ = ["open_stream"]  # the fixture
+
+pytestmark = pytest.mark.both_loops
+
+
+async def let_go(proxy: Running, idle: int = 0) -> None:
+    """The key is free again and no connection is held but `idle` kept-alive ones."""
+    client = proxy.server.app[PROXY].client
+    async with asyncio.timeout(2):
+        while client.busy or client.open_connections != idle:
+            await asyncio.sleep(0.01)
+    assert [key.inflight for key in proxy.pool.keys.values()] == [0]
+
+
+async def test_an_answer_that_breaks_in_the_read_of_its_first_bytes_ends_the_stream(
+    start_proxy: StartProxy, fake: FakeUpstream, open_stream: OpenStream
+) -> None:
+    """The head, the first chunk and garbage in one read: the answer has failed before the relay
+    takes it over, and the stream must still end (it waited for an end that had been and gone)."""
+    upstream = ScriptedUpstream(SSE_HEAD + b"\r\n" + chunk(event(0)) + b"zz\r\n")
+    try:
+        proxy = await started(start_proxy, fake, upstream)
+        reader, _ = await open_stream(proxy)
+        await reader.readuntil(b"\r\n\r\n")
+        async with asyncio.timeout(3):
+            body = await read_body(reader)
+        assert body.startswith(event(0)) and b'"code":"stream_interrupted"' in body
+        [row] = await proxy.calls()
+        assert row["status"] == 200 and "bad chunk-size line" in row["error"] and row["completion_tokens"] == 1
+        await let_go(proxy)
+    finally:
+        upstream.close()
