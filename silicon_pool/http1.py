@@ -261,7 +261,7 @@ class Answer:
         if sink is None or self._held:
             return
         gunzip = self._gunzip
-        if gunzip is not None and gunzip.pending():
+        if gunzip is not None and (gunzip.pending() or self._ended):  # at the end, its end is checked too
             try:
                 self._inflate(HIGH_WATER - self._size)
             except ProtocolError as exc:

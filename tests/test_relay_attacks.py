@@ -7,6 +7,7 @@ slots come back, whatever path the request ended on. On asyncio's loop and on uv
 from __future__ import annotations
 
 import asyncio
+import zlib
 
 import pytest
 
@@ -21,6 +22,7 @@ from tests.test_stream_relay import (
     event,
     open_stream,
     read_body,
+    read_chunk,
     started,
 )
 
@@ -53,6 +55,34 @@ async def test_an_answer_that_breaks_in_the_read_of_its_first_bytes_ends_the_str
         assert body.startswith(event(0)) and b'"code":"stream_interrupted"' in body
         [row] = await proxy.calls()
         assert row["status"] == 200 and "bad chunk-size line" in row["error"] and row["completion_tokens"] == 1
+        await let_go(proxy)
+    finally:
+        upstream.close()
+
+
+GZIP_SSE_HEAD = SSE_HEAD + b"Content-Encoding: gzip\r\n\r\n"
+
+
+async def test_a_gzip_stream_cut_short_ends_with_an_error_not_as_whole(
+    start_proxy: StartProxy, fake: FakeUpstream, open_stream: OpenStream
+) -> None:
+    """The chunked body ends, the gzip member in it does not: the relay must not end the
+    stream as if whole, nor park the connection as sound."""
+    upstream = ScriptedUpstream(GZIP_SSE_HEAD)
+    try:
+        proxy = await started(start_proxy, fake, upstream)
+        reader, _ = await open_stream(proxy)
+        sending = await upstream.streams.get()
+        packer = zlib.compressobj(wbits=31)
+        sending.write(chunk(packer.compress(event(0)) + packer.flush(zlib.Z_SYNC_FLUSH)))
+        await reader.readuntil(b"\r\n\r\n")
+        assert await read_chunk(reader) == event(0)  # the relay has the stream now
+        sending.write(chunk(packer.compress(event(1)) + packer.flush(zlib.Z_SYNC_FLUSH)) + b"0\r\n\r\n")
+        async with asyncio.timeout(3):
+            body = await read_body(reader)
+        assert body.startswith(event(1)) and b'"code":"stream_interrupted"' in body and b"cut short" in body
+        [row] = await proxy.calls()
+        assert row["status"] == 200 and "cut short" in row["error"] and row["completion_tokens"] == 2
         await let_go(proxy)
     finally:
         upstream.close()
