@@ -784,6 +784,8 @@ class Proxy:
         trim = FinalUsageOnly() if is_sse and self.settings.stream_usage == "final_only" else None
         chunk = await upstream.readany()  # a failure here may still move on to another key
         response = web.StreamResponse(status=upstream.status, headers=self._reply_headers(upstream, request))
+        if request.version < (1, 1):  # unframed, the body ends with the connection: aiohttp would keep it open
+            response.force_close()
         if sse is not None:
             response.headers.update(SSE_HEADERS)
             if "charset" not in (upstream.content_type or "").lower():  # `requests` would read it as ISO-8859-1

@@ -9,12 +9,14 @@ from __future__ import annotations
 import asyncio
 import zlib
 
+import orjson
 import pytest
 
 from silicon_pool.typedefs import PROXY
 from tests.conftest import Running, StartProxy
 from tests.fake_upstream import FakeUpstream
 from tests.test_stream_relay import (
+    MODEL,
     SSE_HEAD,
     OpenStream,
     ScriptedUpstream,
@@ -24,11 +26,21 @@ from tests.test_stream_relay import (
     read_body,
     read_chunk,
     started,
+    upstream,
 )
 
-__all__ = ["open_stream"]  # the fixture
+__all__ = ["open_stream", "upstream"]  # the fixtures
 
 pytestmark = pytest.mark.both_loops
+
+
+def request(version: bytes = b"1.1", headers: bytes = b"") -> bytes:
+    """A streaming chat request as a raw client writes it."""
+    body = orjson.dumps({"model": MODEL, "stream": True, "messages": [{"role": "user", "content": "hi"}]})
+    return (
+        b"POST /v1/chat/completions HTTP/%b\r\nHost: 127.0.0.1\r\n%bContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n%b" % (version, headers, len(body), body)
+    )
 
 
 async def let_go(proxy: Running, idle: int = 0) -> None:
@@ -86,3 +98,24 @@ async def test_a_gzip_stream_cut_short_ends_with_an_error_not_as_whole(
         await let_go(proxy)
     finally:
         upstream.close()
+
+
+async def test_an_http_10_client_that_asks_for_keep_alive_still_sees_the_end(
+    start_proxy: StartProxy, fake: FakeUpstream, upstream: ScriptedUpstream
+) -> None:
+    """An HTTP/1.0 stream has no framing: its end is the connection's. aiohttp would keep a
+    connection the client asked to keep alive open after it, and the client would wait on."""
+    proxy = await started(start_proxy, fake, upstream)
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.server.port)
+    try:
+        writer.write(request(b"1.0", b"Connection: keep-alive\r\n"))
+        sending = await upstream.streams.get()
+        sending.write(chunk(event(0)))
+        head = await reader.readuntil(b"\r\n\r\n")
+        assert b"keep-alive" not in head.lower()
+        sending.write(chunk(event(1)) + chunk(b"data: [DONE]\n\n") + b"0\r\n\r\n")
+        async with asyncio.timeout(3):
+            assert await reader.read() == event(0) + event(1) + b"data: [DONE]\n\n"
+        await let_go(proxy, idle=1)
+    finally:
+        writer.close()
