@@ -7,6 +7,7 @@ slots come back, whatever path the request ended on. On asyncio's loop and on uv
 from __future__ import annotations
 
 import asyncio
+import socket
 import zlib
 
 import orjson
@@ -20,6 +21,7 @@ from tests.test_stream_relay import (
     SSE_HEAD,
     OpenStream,
     ScriptedUpstream,
+    Stream,
     chunk,
     event,
     open_stream,
@@ -119,3 +121,65 @@ async def test_an_http_10_client_that_asks_for_keep_alive_still_sees_the_end(
         await let_go(proxy, idle=1)
     finally:
         writer.close()
+
+
+async def client_that_never_reads(proxy: Running, upstream: ScriptedUpstream) -> tuple[Stream, asyncio.StreamWriter]:
+    """A client that sent its request and reads nothing, its socket buffers (and the proxy's for
+    it) as small as the kernel allows, so that a few hundred KiB fill them; and the upstream's end."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", proxy.server.port))
+    _, writer = await asyncio.open_connection(sock=sock)
+    writer.write(request())
+    sending = await upstream.streams.get()
+    for handler in proxy.server.runner.server.connections:  # type: ignore[union-attr]
+        handler.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    return sending, writer
+
+
+def gzipped(*parts: bytes, end: bool) -> list[bytes]:
+    """The parts as one gzip body, a chunk each, the body's end after the last if `end`."""
+    packer = zlib.compressobj(wbits=31)
+    pieces = [chunk(packer.compress(part) + packer.flush(zlib.Z_SYNC_FLUSH)) for part in parts]
+    if end:
+        pieces[-1] += chunk(packer.flush()) + b"0\r\n\r\n"
+    return pieces
+
+
+MANY_EVENTS = b"".join(event(n, 1024) for n in range(1500))  # 1.6 MB, 19 KiB gzipped
+
+
+@pytest.mark.parametrize(
+    ("pieces", "status", "idle"),
+    [
+        (gzipped(MANY_EVENTS, end=False), 408, 0),  # the first piece (a gzip step's 1 MB) fills the socket
+        (gzipped(MANY_EVENTS[:900_000], end=True), 408, 1),  # all of the answer at once, more than fits
+        ([*gzipped(event(0), MANY_EVENTS, end=False), b"zz\r\n"], 200, 0),  # full, and a break in the same read
+    ],
+    ids=["first-piece", "whole-answer", "break-when-full"],
+)
+async def test_a_client_that_never_reads_is_let_go_however_the_answer_comes(
+    start_proxy: StartProxy, fake: FakeUpstream, pieces: list[bytes], status: int, idle: int
+) -> None:
+    """Every write to the client (the first piece with the head, the end, an error event) waits
+    for its socket at most read_timeout: no write may hold the key for as long as the client
+    keeps the connection open without reading."""
+    upstream = ScriptedUpstream(GZIP_SSE_HEAD)
+    try:
+        proxy = await started(start_proxy, fake, upstream, read_timeout=1)
+        sending, writer = await client_that_never_reads(proxy, upstream)
+        try:
+            sending.write(pieces[0])
+            if len(pieces) > 1:
+                await asyncio.sleep(0.2)  # the relay has the stream
+                sending.write(b"".join(pieces[1:]))
+            async with asyncio.timeout(4):
+                while not await proxy.calls():
+                    await asyncio.sleep(0.05)
+            [row] = await proxy.calls()
+            assert row["status"] == status and row["error"]
+            await let_go(proxy, idle)
+        finally:
+            writer.close()
+    finally:
+        upstream.close()
