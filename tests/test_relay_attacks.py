@@ -7,8 +7,10 @@ slots come back, whatever path the request ended on. On asyncio's loop and on uv
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import zlib
+from collections.abc import AsyncIterator
 
 import orjson
 import pytest
@@ -34,6 +36,17 @@ from tests.test_stream_relay import (
 __all__ = ["open_stream", "upstream"]  # the fixtures
 
 pytestmark = pytest.mark.both_loops
+
+
+@pytest.fixture(autouse=True)
+async def nothing_unhandled(caplog: pytest.LogCaptureFixture) -> AsyncIterator[None]:
+    """No exception reaches the loop's handler (a protocol callback's, a forgotten task's), and
+    neither the proxy nor aiohttp logs an error, whatever the attack."""
+    seen: list[dict[str, object]] = []
+    asyncio.get_running_loop().set_exception_handler(lambda _, context: seen.append(context))
+    yield
+    assert seen == []
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
 
 
 def request(version: bytes = b"1.1", headers: bytes = b"") -> bytes:
@@ -183,3 +196,4 @@ async def test_a_client_that_never_reads_is_let_go_however_the_answer_comes(
             writer.close()
     finally:
         upstream.close()
+
