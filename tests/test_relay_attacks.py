@@ -136,18 +136,22 @@ async def test_an_http_10_client_that_asks_for_keep_alive_still_sees_the_end(
         writer.close()
 
 
-async def client_that_never_reads(proxy: Running, upstream: ScriptedUpstream) -> tuple[Stream, asyncio.StreamWriter]:
-    """A client that sent its request and reads nothing, its socket buffers (and the proxy's for
-    it) as small as the kernel allows, so that a few hundred KiB fill them; and the upstream's end."""
+async def small_buffered_client(
+    proxy: Running, upstream: ScriptedUpstream
+) -> tuple[Stream, asyncio.StreamReader, asyncio.StreamWriter]:
+    """A client that sent its request, its socket buffers (and the proxy's for it) as small as
+    the kernel allows: the proxy's socket is full once a few hundred KiB wait, and drains as
+    soon as the client reads (large buffers hold megabytes, and wake the writer only once
+    much of them is free). Also the upstream's end of the stream."""
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     sock.connect(("127.0.0.1", proxy.server.port))
-    _, writer = await asyncio.open_connection(sock=sock)
+    reader, writer = await asyncio.open_connection(sock=sock)
     writer.write(request())
     sending = await upstream.streams.get()
     for handler in proxy.server.runner.server.connections:  # type: ignore[union-attr]
         handler.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
-    return sending, writer
+    return sending, reader, writer
 
 
 def gzipped(*parts: bytes, end: bool) -> list[bytes]:
@@ -180,7 +184,7 @@ async def test_a_client_that_never_reads_is_let_go_however_the_answer_comes(
     upstream = ScriptedUpstream(GZIP_SSE_HEAD)
     try:
         proxy = await started(start_proxy, fake, upstream, read_timeout=1)
-        sending, writer = await client_that_never_reads(proxy, upstream)
+        sending, _, writer = await small_buffered_client(proxy, upstream)  # which reads nothing
         try:
             sending.write(pieces[0])
             if len(pieces) > 1:
@@ -197,3 +201,30 @@ async def test_a_client_that_never_reads_is_let_go_however_the_answer_comes(
     finally:
         upstream.close()
 
+
+async def test_a_slow_reader_is_served_for_as_long_as_it_drains_then_let_go(
+    start_proxy: StartProxy, fake: FakeUpstream, upstream: ScriptedUpstream
+) -> None:
+    """The upstream stays paused for far longer than read_timeout while the client reads a
+    little at a time: neither the upstream's watchdog (the pause is the proxy's) nor the
+    client's fires while each read drains the socket. Once the client stops, it is let go."""
+    proxy = await started(start_proxy, fake, upstream, read_timeout=1)
+    sending, reader, writer = await small_buffered_client(proxy, upstream)
+    try:
+        flood = asyncio.create_task(sending.flood(pad=16 * 1024))
+        await reader.readuntil(b"\r\n\r\n")
+        # 2.4 s at 850 KB/s, each pause of the upstream shorter than read_timeout: at most an upstream
+        # read (256 KiB) and the high-water mark (64 KiB) wait for the client to drain them.
+        for _ in range(16):
+            await asyncio.sleep(0.15)
+            await reader.readexactly(128 * 1024)
+            assert await proxy.calls() == []
+        assert sending.sent > 16 * 128 * 1024
+        async with asyncio.timeout(3):
+            await sending.closed_by_proxy()
+        [row] = await proxy.calls()
+        assert row["status"] == 408 and "read_timeout" in row["error"] and row["completion_tokens"] > 16 * 8
+        await let_go(proxy)
+        flood.cancel()
+    finally:
+        writer.close()
