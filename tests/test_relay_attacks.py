@@ -12,11 +12,12 @@ import socket
 import zlib
 from collections.abc import AsyncIterator
 
+import aiohttp
 import orjson
 import pytest
 
 from silicon_pool.typedefs import PROXY
-from tests.conftest import Running, StartProxy
+from tests.conftest import Running, StartProxy, paid_keys
 from tests.fake_upstream import FakeUpstream
 from tests.test_stream_relay import (
     MODEL,
@@ -228,3 +229,42 @@ async def test_a_slow_reader_is_served_for_as_long_as_it_drains_then_let_go(
         flood.cancel()
     finally:
         writer.close()
+
+
+async def test_a_thousand_streams_at_once_through_8_connections_are_all_answered(
+    proxy: Running, fake: FakeUpstream
+) -> None:
+    """Each gets its stream or, after connect_timeout in line, a 503 in OpenAI's shape; none
+    hangs, no more than 8 connections are ever open, and everything held is let go."""
+    await proxy.add_keys(*((secret, 10.0) for secret in paid_keys(fake, 4)))
+    await proxy.set(max_upstream_connections=8, connect_timeout=1)
+    fake.stream_chunks, fake.chunk_delay = 3, 0.01
+    client = proxy.server.app[PROXY].client
+    most = 0
+
+    async def watch() -> None:
+        nonlocal most
+        while True:
+            most = max(most, client.open_connections)
+            await asyncio.sleep(0)
+
+    async def one(http: aiohttp.ClientSession, n: int) -> tuple[int, bytes, str | None]:
+        await asyncio.sleep(n // 100 * 0.02)  # the connections come in waves: the listen queue holds 128
+        body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "stream": True}
+        async with http.post(f"{proxy.base}/v1/chat/completions", json=body) as resp:
+            return resp.status, await resp.read(), resp.headers.get("Retry-After")
+
+    watching = asyncio.create_task(watch())
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http, asyncio.timeout(15):
+        answers = await asyncio.gather(*(one(http, n) for n in range(1000)))
+    watching.cancel()
+    for status, body, retry_after in answers:
+        if status == 503:
+            assert orjson.loads(body)["error"]["code"] == "upstream_connections_busy" and retry_after == "1"
+        else:
+            assert status == 200 and body.endswith(b"data: [DONE]\n\n")
+    rows = await proxy.calls()
+    assert sorted(row["status"] for row in rows) == sorted(status for status, _, _ in answers)
+    assert all(row["key_id"] is None for row in rows if row["status"] == 503)
+    assert most <= 8 and client.waiting == 0 and client.open_connections <= 8
+    assert [key.inflight for key in proxy.pool.keys.values()] == [0] * 4
