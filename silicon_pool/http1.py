@@ -215,7 +215,10 @@ class Answer:
         no future, no task woken per piece (a stream's events come one read each). What arrived
         before goes first; the end or a failure is reported once, after the last bytes."""
         self._sink = sink
-        self._flow()
+        if self._error is not None:  # it broke before it was piped (the bytes of one read can hold both)
+            self._fail(self._error)
+        else:
+            self._flow()
 
     def hold(self) -> None:
         """The sink can take no more for now (its client reads slowly): the upstream is paused."""
@@ -236,7 +239,7 @@ class Answer:
         if sink is None or self._held:
             return
         gunzip = self._gunzip
-        if gunzip is not None and gunzip.pending():
+        if gunzip is not None and (gunzip.pending() or self._ended):  # at the end, its end is checked too
             try:
                 self._inflate(HIGH_WATER - self._size)
             except ProtocolError as exc:

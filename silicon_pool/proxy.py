@@ -784,13 +784,15 @@ class Proxy:
         trim = FinalUsageOnly() if is_sse and self.settings.stream_usage == "final_only" else None
         chunk = await upstream.readany()  # a failure here may still move on to another key
         response = web.StreamResponse(status=upstream.status, headers=self._reply_headers(upstream, request))
+        if request.version < (1, 1):  # unframed, the body ends with the connection: aiohttp would keep it open
+            response.force_close()
         if sse is not None:
             response.headers.update(SSE_HEADERS)
             if "charset" not in (upstream.content_type or "").lower():  # `requests` would read it as ISO-8859-1
                 response.headers["Content-Type"] = SSE_UTF8
             call.stream = True  # what the client asked for aside (audio comes in chunks too)
         relay = StreamRelay(request, upstream, sse, trim, self.settings.max_answer_mb * MB)
-        status, error = upstream.status, None
+        status, error, read_timeout = upstream.status, None, self.settings.read_timeout
         # From here on the answer is the client's: whatever breaks, no other key is tried.
         try:
             await response.prepare(request)
@@ -798,10 +800,9 @@ class Proxy:
             if out:
                 relay.first_byte = time.monotonic()
             if not upstream.at_eof():
-                await response.write(out)
-                await relay.run(self.settings.read_timeout)
+                await relay.run(out, read_timeout)
                 out = b""
-            await response.write_eof(out if trim is None else out + trim.feed(b"", last=True))
+            await relay.finish(response, out if trim is None else out + trim.feed(b"", last=True), read_timeout)
         except asyncio.CancelledError:
             status, error = 499, "client disconnected"
             raise
@@ -818,7 +819,7 @@ class Proxy:
                 error = describe_exception(exc)
                 self.pool.note_error(key, error)
             if sse is not None:
-                await self._end_stream_with_error(response, sse, error)
+                await self._end_stream_with_error(request, relay, response, sse, error, read_timeout)
             elif request.transport is not None:  # a cut binary body can only be signalled by closing
                 request.transport.close()
         finally:
@@ -827,7 +828,14 @@ class Proxy:
         return response
 
     @staticmethod
-    async def _end_stream_with_error(response: web.StreamResponse, sse: StreamUsage, error: str) -> None:
+    async def _end_stream_with_error(
+        request: web.BaseRequest,
+        relay: StreamRelay,
+        response: web.StreamResponse,
+        sse: StreamUsage,
+        error: str,
+        read_timeout: float,
+    ) -> None:
         """Close the SSE stream so clients see an error, not a hang or a silent cut."""
         event = orjson.dumps(
             {
@@ -840,10 +848,12 @@ class Proxy:
         )
         lead = b"" if sse.at_event_boundary() else b"\n\n"
         try:
-            await response.write(lead + b"data: " + event + b"\n\ndata: [DONE]\n\n")
-            await response.write_eof()
+            await relay.finish(response, lead + b"data: " + event + b"\n\ndata: [DONE]\n\n", read_timeout)
         except ConnectionResetError:
             pass
+        except ClientStalled:  # it stopped reading too: the event cannot reach it
+            if request.transport is not None:
+                request.transport.abort()
 
     # -- the call log -------------------------------------------------------------------------
 

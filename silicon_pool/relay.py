@@ -6,20 +6,25 @@ themselves; here the upstream's `data_received` frames the bytes and writes them
 transport in the same call, and the usage scan runs inline on them. The task that serves the
 request sleeps until the answer ends, and wakes between only when the client's socket is full:
 then the upstream is paused (no buffer grows without bound) until the client drains, or for at
-most `read_timeout`, after which the client is taken to have stopped reading.
+most `read_timeout`, after which the client is taken to have stopped reading. The writes that go
+through aiohttp's writer (the head with the first piece, the end, an error event) wait no longer.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable
+from typing import cast
 
 from aiohttp import web
+from aiohttp.http_writer import StreamWriter
 
 from .http1 import Answer, AnswerTooLarge, UpstreamError
 from .usage import FinalUsageOnly, StreamUsage
 
 MB = 1024 * 1024
+SLACK = 128  # bytes a write adds to its data, at most: a status line, chunk framing, the end of the body
 
 
 class ClientStalled(Exception):
@@ -30,8 +35,8 @@ class StreamRelay:
     """Relays one answer's body to one client (see the module's docstring).
 
     `process` is what every piece of the body goes through, first one included (which the
-    request's task writes, with the answer's head): the usage scan, the bound on one event,
-    and `stream_usage`'s trimming."""
+    request's task read, and `run` writes with the answer's head): the usage scan, the bound on
+    one event, and `stream_usage`'s trimming."""
 
     __slots__ = (
         "_answer",
@@ -60,7 +65,7 @@ class StreamRelay:
         self._answer = answer
         self._transport = request.transport
         self._protocol = request.protocol
-        self._writer = request.writer
+        self._writer = cast(StreamWriter, request.writer)
         self._chunked = True  # known once the head is out (run): HTTP/1.0 clients get the bytes as they are
         self.sse, self.trim, self.event_limit = sse, trim, event_limit
         self.first_byte: float | None = None  # when the first byte went to the client (monotonic)
@@ -79,20 +84,20 @@ class StreamRelay:
         trim = self.trim
         return data if trim is None else trim.feed(data)
 
-    async def run(self, read_timeout: float) -> None:
-        """Relay the rest of the body; returns at its end. Raises the upstream's failure,
-        ConnectionResetError when the client has gone, ClientStalled when it stopped reading."""
+    async def run(self, first: bytes, read_timeout: float) -> None:
+        """Write the head with `first` (what the request's task read), then relay the rest of the
+        body; returns at its end. Raises the upstream's failure, ConnectionResetError when the
+        client has gone, ClientStalled when it stopped reading."""
         loop = asyncio.get_running_loop()
-        self._chunked = getattr(self._writer, "chunked", True)
+        writer = self._writer
+        self._chunked = getattr(writer, "chunked", True)
+        await writer.write(first, drain=False)  # a full socket is waited for below, within read_timeout
+        self._full = self._protocol.writing_paused
         self._answer.pipe(self)
         while not self._finished:
             if self._full:
                 self._full = False
-                try:
-                    async with asyncio.timeout(read_timeout):
-                        await self._writer.drain()
-                except TimeoutError:
-                    raise ClientStalled(f"the client read nothing for {read_timeout:g} s (read_timeout)") from None
+                await _within(writer.drain(), read_timeout)
                 self._answer.go_on()  # which may fill the socket, or end the answer, at once
                 continue
             waiter = self._waiter = loop.create_future()
@@ -100,6 +105,24 @@ class StreamRelay:
         error, self._error = self._error, None
         if error is not None:
             raise error
+
+    async def finish(self, response: web.StreamResponse, data: bytes, read_timeout: float) -> None:
+        """Write `data` and the end of the body (the head with them if it has not gone). aiohttp
+        then waits for the client's socket to drain, as long as the relay would at most; only a
+        write that may fill the socket pays for the timer (one that cannot never waits)."""
+        size = len(data) + SLACK
+        if not self._writer.output_size:  # the head goes with them: 4 bytes a character at most, and ": \r\n"
+            size += 4 * sum(len(name) + len(value) + 4 for name, value in response.headers.items())
+        transport = self._transport
+        if transport is None or self._protocol.writing_paused or not self._fits(transport, size):
+            await _within(response.write_eof(data), read_timeout)
+        else:
+            await response.write_eof(data)
+
+    @staticmethod
+    def _fits(transport: asyncio.Transport, size: int) -> bool:
+        """`size` more bytes leave the client's socket below its high-water mark: no wait for it to drain."""
+        return transport.get_write_buffer_size() + size <= transport.get_write_buffer_limits()[1]
 
     # -- the answer's Sink, called from the upstream connection's callback ----------------------
 
@@ -141,3 +164,12 @@ class StreamRelay:
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
+
+
+async def _within(writing: Awaitable[None], read_timeout: float) -> None:
+    """Wait for a write to drain to the client; ClientStalled after read_timeout."""
+    try:
+        async with asyncio.timeout(read_timeout):
+            await writing
+    except TimeoutError:
+        raise ClientStalled(f"the client read nothing for {read_timeout:g} s (read_timeout)") from None

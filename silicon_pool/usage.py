@@ -231,7 +231,8 @@ class FinalUsageOnly:
                 chunk = b"".join(held)
                 held.clear()
             return _without_running_usage(chunk)
-        edge = held[-1][-3:] if held else b""  # what is held ends no event: only the new bytes (and 3 before) can
+        # What is held ends no event: only the new bytes (and the 3 held before, across reads as short as a byte) can.
+        edge = b"".join([read[-3:] for read in held[-3:]])[-3:]
         probe = edge + chunk if edge else chunk
         lf, crlf, cr = probe.rfind(b"\n\n"), probe.rfind(b"\r\n\r\n"), probe.rfind(b"\r\r")  # as _EVENT_ENDS
         end = max(lf + 2 if lf >= 0 else 0, crlf + 4 if crlf >= 0 else 0, cr + 2 if cr >= 0 else 0) - len(edge)

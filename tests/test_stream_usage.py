@@ -65,6 +65,17 @@ def test_events_ended_by_lone_crs_are_held_only_until_they_end() -> None:
     assert trim.feed(second[9:]) == second
 
 
+@pytest.mark.parametrize("sep", [b"\n\n", b"\r\n\r\n", b"\r\r"])
+def test_events_that_come_a_byte_a_read_are_held_only_until_they_end(sep: bytes) -> None:
+    """An event's end split over reads of a byte each is seen: missed, every event would wait
+    in memory for the stream's end (a hostile upstream's way to grow it without bound)."""
+    trim = FinalUsageOnly()
+    for n in range(3):
+        event = _event(n, None, sep)
+        assert [trim.feed(event[i : i + 1]) for i in range(len(event) - 1)] == [b""] * (len(event) - 1)
+        assert orjson.loads(trim.feed(event[-1:])[6 : -len(sep)])["usage"] is None
+
+
 def test_a_read_of_an_unended_event_costs_only_its_own_bytes() -> None:
     """An event arriving in many reads is not copied whole at each read (64 MB in 1 KB reads: 2 TB copied)."""
     trim, piece = FinalUsageOnly(), b"x" * 4096
