@@ -50,6 +50,16 @@ async def until(condition: Any) -> None:
         await asyncio.sleep(0.005)
 
 
+async def holding_the_only_connection(
+    client: Http1Client, upstream: Upstream, body: bytes = b"first"
+) -> asyncio.Task[Answer]:
+    """With one connection allowed, a request that holds it (its answer waits for the script's gate)."""
+    client.set_limit(1)
+    first = asyncio.create_task(post(client, upstream.url(), body))
+    await until(lambda: upstream.requests)
+    return first
+
+
 def bodies(upstream: Upstream) -> list[bytes]:
     return [request.rpartition(b"\r\n\r\n")[2] for request in upstream.requests]
 
@@ -119,9 +129,7 @@ def test_waiters_are_served_in_the_order_they_came(run) -> None:
     gate = asyncio.Event()
 
     async def body(upstream: Upstream, client: Http1Client) -> None:
-        client.set_limit(1)
-        first = asyncio.create_task(post(client, upstream.url(), b"0"))
-        await until(lambda: upstream.requests)
+        first = await holding_the_only_connection(client, upstream, b"0")
         rest = []
         for n in range(1, 6):
             rest.append(asyncio.create_task(post(client, upstream.url(), b"%d" % n)))
@@ -138,9 +146,7 @@ def test_a_waiter_gives_up_at_connect_timeout_without_blaming_the_upstream(run) 
     gate = asyncio.Event()
 
     async def body(upstream: Upstream, client: Http1Client) -> None:
-        client.set_limit(1)
-        first = asyncio.create_task(post(client, upstream.url(), b"first"))
-        await until(lambda: upstream.requests)
+        first = await holding_the_only_connection(client, upstream)
         started = time.monotonic()
         with pytest.raises(PoolExhausted, match=r"came free in time \(1 allowed\)") as caught:
             await post(client, upstream.url(), b"second", connect_timeout=0.3)
@@ -161,9 +167,7 @@ def test_the_wait_and_the_connect_share_connect_timeout(run) -> None:
     gate = asyncio.Event()
 
     async def body(upstream: Upstream, client: Http1Client) -> None:
-        client.set_limit(1)
-        first = asyncio.create_task(post(client, upstream.url(), b"first"))
-        await until(lambda: upstream.requests)
+        first = await holding_the_only_connection(client, upstream)
         with unanswered_port() as port:
             started = time.monotonic()
             waiting = asyncio.create_task(post(client, f"http://127.0.0.1:{port}/v1/models", b"", connect_timeout=0.5))
@@ -183,9 +187,7 @@ def test_a_waiter_that_leaves_leaves_the_line(run) -> None:
     gate = asyncio.Event()
 
     async def body(upstream: Upstream, client: Http1Client) -> None:
-        client.set_limit(1)
-        first = asyncio.create_task(post(client, upstream.url(), b"first"))
-        await until(lambda: upstream.requests)
+        first = await holding_the_only_connection(client, upstream)
         leaving = asyncio.create_task(post(client, upstream.url(), b"leaving"))
         staying = asyncio.create_task(post(client, upstream.url(), b"staying"))
         await until(lambda: client.waiting == 2)
@@ -232,9 +234,7 @@ def test_a_waiter_that_leaves_as_a_connection_comes_hands_it_on(run, leaves_firs
     gate = asyncio.Event()
 
     async def body(upstream: Upstream, client: Http1Client) -> None:
-        client.set_limit(1)
-        first = asyncio.create_task(post(client, upstream.url(), b"first"))
-        await until(lambda: upstream.requests)
+        first = await holding_the_only_connection(client, upstream)
         leaving = asyncio.create_task(post(client, upstream.url(), b"leaving"))
         staying = asyncio.create_task(post(client, upstream.url(), b"staying"))
         await until(lambda: client.waiting == 2)
@@ -268,9 +268,7 @@ def test_a_closed_connection_frees_its_slot(run) -> None:
         writer.write(closing)
 
     async def body(upstream: Upstream, client: Http1Client) -> None:
-        client.set_limit(1)
-        held_answer = asyncio.create_task(post(client, upstream.url(), b"first"))
-        await until(lambda: upstream.requests)
+        held_answer = await holding_the_only_connection(client, upstream)
         waiting = asyncio.create_task(post(client, upstream.url(), b"second"))
         await until(lambda: client.waiting == 1)
         gate.set()  # the answer says the connection closes: its slot goes to the waiter
@@ -329,9 +327,7 @@ def test_closing_the_client_fails_those_in_line(run) -> None:
     gate = asyncio.Event()
 
     async def body(upstream: Upstream, client: Http1Client) -> None:
-        client.set_limit(1)
-        first = asyncio.create_task(post(client, upstream.url(), b"first"))
-        await until(lambda: upstream.requests)
+        first = await holding_the_only_connection(client, upstream)
         waiting = asyncio.create_task(post(client, upstream.url(), b"second"))
         await until(lambda: client.waiting == 1)
         await client.close()
