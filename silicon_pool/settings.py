@@ -406,7 +406,11 @@ class Settings:
         1,
         3600,
         Words("读取超时（两次读取间最长静默，秒）", "Read timeout (longest silence, s)"),
-        Words("上游两次发来数据之间允许的最长静默", "Longest silence allowed between two reads from the upstream"),
+        Words(
+            "上游两次发来数据之间允许的最长静默；客户端停止读取（发送缓冲区不清空）超过此时长，请求也结束（记录 408）",
+            "Longest silence allowed between two reads from the upstream; a client that stops reading "
+            "for this long ends its request too (logged 408)",
+        ),
     )
     max_upstream_connections = Integer(
         512,
